@@ -249,3 +249,151 @@ def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 def make_engine(cfg: EngineConfig) -> Engine:
     """The engine the config asks for."""
     return VLLMEngine(cfg) if cfg.backend == "vllm" else HFEngine(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Async engine for serving (appended by the serve stage)
+# --------------------------------------------------------------------------------------------
+
+
+class PromptTooLongError(ValueError):
+    """A conversation that does not fit the model's context (a client error, not a crash)."""
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"prompt has {prompt_tokens} tokens, the model's context is {max_model_len}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+    def __reduce__(self):  # keep the fields when Ray pickles the error across processes
+        return (PromptTooLongError, (self.prompt_tokens, self.max_model_len))
+
+
+class AsyncVLLMEngine:
+    """vLLM's ``AsyncLLM`` with prefix caching, for a server that streams and cancels.
+
+    Many requests share one engine and are batched by vLLM's scheduler. Prompts are token ids
+    rendered by :mod:`ptr_ray.prompts` (the same format as training and evaluation), output
+    arrives as token deltas, and a request whose consumer goes away is aborted in the engine,
+    so a disconnected client stops costing compute at once.
+    """
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        configure_vllm_env(cfg)
+        t0 = time.time()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.cfg = cfg
+        self.model_path = resolve_model(cfg.model)
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            dtype=cfg.dtype,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            seed=cfg.seed,
+            max_num_seqs=cfg.max_num_seqs,
+            disable_log_stats=True,
+        )
+        if cfg.max_model_len:
+            kwargs["max_model_len"] = cfg.max_model_len
+        if not cpu_only():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs.update(cfg.extra)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.model_config.max_model_len)
+        log.info("async vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
+
+    def prompt_ids(self, conversation: Sequence[prompts.Message]) -> list[int]:
+        """Token ids of a round prompt; PromptTooLongError when no token could be generated."""
+        ids = encode_conversation(self.tokenizer, conversation)
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(len(ids), self.max_model_len)
+        return ids
+
+    async def stream(
+        self,
+        conversation: Sequence[prompts.Message],
+        sampling: SamplingConfig,
+        request_id: str | None = None,
+    ) -> Any:
+        """Async iterator: text deltas (``str``) as tokens arrive, then one :class:`Generation`.
+
+        ``max_tokens`` is clipped to the room left in the context. Closing the iterator early
+        (client gone, task cancelled) aborts the request inside vLLM.
+        """
+        import uuid
+
+        import vllm
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.prompt_ids(conversation)
+        params = vllm.SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - len(ids))),
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        rid = request_id or uuid.uuid4().hex
+        t0 = time.time()
+        n_tokens, reason, cached, parts = 0, None, 0, []
+        outputs = self.llm.generate({"prompt_token_ids": ids}, params, rid)
+        try:
+            async for out in outputs:
+                cached = max(cached, int(out.num_cached_tokens or 0))
+                comp = out.outputs[0]
+                n_tokens += len(comp.token_ids)
+                if comp.finish_reason is not None:
+                    reason = comp.finish_reason
+                if comp.text:
+                    parts.append(comp.text)
+                    yield comp.text
+        finally:
+            # Closing vLLM's generator aborts the request in the engine right now, instead of
+            # whenever the garbage collector finalizes it.
+            await outputs.aclose()
+        yield Generation(
+            completions=[Completion("".join(parts), n_tokens, _finish(reason))],
+            prompt_tokens=len(ids),
+            cached_tokens=cached,
+            latency_s=time.time() - t0,
+        )
+
+    async def generate(
+        self,
+        conversation: Sequence[prompts.Message],
+        sampling: SamplingConfig,
+        request_id: str | None = None,
+    ) -> Generation:
+        """One completion, awaited whole (what :func:`ptr_ray.refine.arefine` calls per round)."""
+        result: Generation | None = None
+        async for item in self.stream(conversation, sampling, request_id):
+            if isinstance(item, Generation):
+                result = item
+        assert result is not None
+        return result
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raises when the engine-core process is dead (Serve then replaces the replica)."""
+        await self.llm.check_health()
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.shutdown()
+        except Exception:  # pragma: no cover - best effort on teardown
+            log.debug("async engine shutdown raised", exc_info=True)
+        self.llm = None
+        gc.collect()

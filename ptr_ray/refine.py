@@ -74,25 +74,33 @@ def refine_batch(
     prompt_cfg: PromptConfig | None = None,
     stop_when_stable: bool = False,
     on_round: Callable[[int, int], None] | None = None,
+    history: Sequence[Sequence[str]] | None = None,
 ) -> list[RefineResult]:
     """Refine many queries together: each round is one batched engine call over the queries
-    still active, which is what evaluation and dataset construction want for throughput."""
+    still active, which is what evaluation and dataset construction want for throughput.
+
+    ``history`` (one list of earlier answers per query) continues episodes that another
+    engine started: the returned rounds are the new ones only, numbered after the history.
+    Dataset construction uses it to alternate weak models between thoughts."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     prompt_cfg = prompt_cfg or PromptConfig()
     one = sampling.model_copy(update={"n": 1})
     results = [RefineResult() for _ in queries]
+    if history is not None and len(history) != len(queries):
+        raise ValueError(f"history has {len(history)} entries for {len(queries)} queries")
+    past = [list(h) for h in history] if history is not None else [[] for _ in queries]
     active = list(range(len(queries)))
     for k in range(1, rounds + 1):
         if not active:
             break
-        convs = [round_prompt(queries[i], results[i].answers, prompt_cfg) for i in active]
+        convs = [round_prompt(queries[i], past[i] + results[i].answers, prompt_cfg) for i in active]
         gens = engine.generate(convs, one)
         still = []
         for i, gen in zip(active, gens, strict=True):
             res = results[i]
-            rr = RoundResult.from_generation(k, gen)
-            prev = res.rounds[-1].answer if res.rounds else None
+            rr = RoundResult.from_generation(len(past[i]) + k, gen)
+            prev = res.rounds[-1].answer if res.rounds else (past[i][-1] if past[i] else None)
             res.rounds.append(rr)
             if stop_when_stable and prev is not None and is_stable(prev, rr.answer):
                 res.stopped_early = k < rounds

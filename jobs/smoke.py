@@ -1,0 +1,91 @@
+"""The first job to submit to a new cluster: ``ptr-ray smoke`` on a node that fits the engine.
+
+    ray job submit --working-dir . -- python jobs/smoke.py --config jobs/configs/smoke_gpu.yaml
+    ray job submit --working-dir . -- python jobs/smoke.py engine.num_gpus=1
+
+It takes the arguments of ``ptr-ray smoke`` (``--config FILE`` plus ``key.sub=value``
+overrides) and runs the smoke -- load each model through the configured engine and answer one
+query -- inside a Ray task that asks for the engine's resources (``engine.num_gpus``,
+``engine.num_cpus``). The job's driver runs on the head node, which has no GPU on our clusters
+(cluster.yaml, k8s/), so running the smoke in the driver would test the wrong machine: as a task
+it lands on a worker that fits (the autoscaler adds one if none is up) and proves that the
+worker's Python imports ptr_ray, sees its accelerator and loads the model. The driver then
+prints one summary line per model and the node that answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from ptr_ray.cli import build_parser
+from ptr_ray.config import ConfigError, SmokeConfig, load_config
+
+log = logging.getLogger("ptr_ray.jobs.smoke")
+
+
+def _smoke_on_worker(cfg: SmokeConfig) -> dict[str, Any]:
+    """Runs inside the Ray task: the smoke itself plus where it ran (for the summary)."""
+    from importlib.metadata import version
+
+    import ray
+
+    from ptr_ray.smoke import run_smoke
+
+    t0 = time.time()
+    answers = run_smoke(cfg)
+    return {
+        "answers": answers,
+        "seconds": time.time() - t0,
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "python": sys.executable,
+        "ptr_ray": version("ptr-ray"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(["smoke", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(SmokeConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"smoke job: error: {e}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    # Inside `ray job submit` RAY_ADDRESS points at the cluster; "auto" finds a cluster started
+    # with `ray start` on this machine. Neither starts a new Ray: a job must not run on a
+    # private instance by accident.
+    address = os.environ.get("RAY_ADDRESS") or "auto"
+    ray.init(address=address, log_to_driver=True)
+    try:
+        res = ray.cluster_resources()
+        log.info("connected to %s: %s CPU, %s GPU on %d node(s)", address, res.get("CPU", 0),
+                 res.get("GPU", 0), len([n for n in ray.nodes() if n.get("Alive")]))
+        task = ray.remote(_smoke_on_worker).options(
+            num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus, max_retries=0,
+            name="ptr-ray-smoke",
+        )
+        log.info("scheduling the smoke (%s) with %s CPU / %s GPU for %d model(s)",
+                 cfg.engine.backend, cfg.engine.num_cpus, cfg.engine.num_gpus, len(cfg.models))
+        out = ray.get(task.remote(cfg))
+    finally:
+        ray.shutdown()
+
+    print(f"\nsmoke job ok: {len(out['answers'])} model(s) answered on node {out['node_ip']} "
+          f"({out['hostname']}, GPUs {out['gpu_ids'] or 'none'}) in {out['seconds']:.1f}s, "
+          f"python {out['python']}, ptr_ray {out['ptr_ray']}")
+    for source, answer in zip(cfg.models, out["answers"]):
+        print(f"  {source}: {len(answer)} chars")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
