@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({out['hostname']}, GPUs {out['gpu_ids'] or 'none'}) in {out['seconds']:.1f}s, "
           f"python {out['python']}, ptr_ray {out['ptr_ray']}")
     for source, answer in zip(cfg.models, out["answers"]):
-        print(f"  {source}: {len(answer)} chars")
+        preview = " ".join(answer.split())[:120]
+        print(f"  {source}: {preview!r}")
     return 0
 
 

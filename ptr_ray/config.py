@@ -257,6 +257,7 @@ class ConsistencyConfig(StrictModel):
     )
     judge: EngineConfig | None = Field(None, description="judge engine (None = the strong model)")
     judge_max_tokens: int = Field(8, ge=1)
+    num_cpus: float = Field(1.0, gt=0, description="logical CPUs per embedding actor")
     pool: PoolConfig = Field(default_factory=lambda: PoolConfig(batch_size=64))
 
 
@@ -415,7 +416,7 @@ from pydantic import model_validator  # noqa: E402 - kept in this section for pa
 class ServeDeploymentOptions(StrictModel):
     """Ray Serve options of one deployment (the ones a serve config's ``deployments:`` sets)."""
 
-    num_replicas: int | Literal["auto"] | None = Field(1, description="None with autoscaling")
+    num_replicas: int | Literal["auto"] | None = Field(None, description="None: Serve's default (1)")
     max_ongoing_requests: int = Field(16, ge=1, description="concurrent requests per replica")
     max_queued_requests: int = Field(
         64, ge=-1, description="requests waiting per caller beyond which Serve answers 503 (-1: no limit)"

@@ -53,16 +53,18 @@ def _clean(text: str) -> str:
     return _MD.sub("", text)
 
 
-def _letter_ok(text: str, letter: str, end: int) -> bool:
-    """False when the letter is really a word: the article "A"/pronoun "I" before a word.
+def _letter_ok(text: str, letter: str, start: int, end: int) -> bool:
+    """False when the letter is really a word: the article "A" (or "I") opening a sentence.
 
-    "A plant", "A. thaliana"? The article is followed by a space and a lowercase word; an
-    answer letter is followed by punctuation, a newline, the end, or an uppercase word.
+    "A plant needs light." is an article; "The answer is A because ..." is a letter (an
+    article in mid-sentence is lowercase), and so is "A." or "A)" or a lone "A".
     """
     if letter not in "AI":
         return True
-    rest = text[end:]
-    return not re.match(r"\s+[a-z]", rest)
+    if not re.match(r"\s+[a-z]", text[end:]):
+        return True
+    before = text[:start].rstrip(" \t*\"'(")
+    return not (before == "" or before[-1] in ".!?:\n")
 
 
 def _explicit_choice(t: str, n: int) -> str | None:
@@ -77,7 +79,7 @@ def _explicit_choice(t: str, n: int) -> str | None:
     best: tuple[int, str] | None = None
     for pat in patterns:
         for m in re.finditer(pat, t):
-            if _letter_ok(t, m.group(1), m.end(1)):
+            if _letter_ok(t, m.group(1), m.start(1), m.end(1)):
                 if best is None or m.start() < best[0]:
                     best = (m.start(), m.group(1))
                 break
@@ -87,7 +89,7 @@ def _explicit_choice(t: str, n: int) -> str | None:
 def _leading_choice(t: str, n: int) -> str | None:
     """Step 2: a reply that starts with the letter: "C", "C.", "(C)", "C) ...", "C: ..."."""
     m = re.match(rf"\s*[\(\[]?([{LETTERS[:n]}])(?:[\)\]\.:,]|\s*$|\s*\n)", t)
-    return m.group(1) if m and _letter_ok(t, m.group(1), m.end(1)) else None
+    return m.group(1) if m and _letter_ok(t, m.group(1), m.start(1), m.end(1)) else None
 
 
 def _first_mention(t: str, n: int, choices: Sequence[str]) -> str | None:
@@ -100,7 +102,7 @@ def _first_mention(t: str, n: int, choices: Sequence[str]) -> str | None:
     for pat in (rf"\(({L})\)", rf"(?i:option|choice)\s+({L})(?![A-Za-z0-9])",
                 rf"(?<![A-Za-z0-9'’])({L})(?![A-Za-z0-9'’])"):
         for m in re.finditer(pat, t):
-            if _letter_ok(t, m.group(1), m.end(1)):
+            if _letter_ok(t, m.group(1), m.start(1), m.end(1)):
                 cands.append((m.start(), 0, m.group(1)))
                 break
     low = t.lower()

@@ -28,7 +28,8 @@ def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # Rounding can put an end a hair past p at 0/n or n/n; the interval always holds p.
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 def mean_ci(values: list[float], z: float = Z95) -> tuple[float, float]:
@@ -245,7 +246,8 @@ def plot_accuracy(report: EvalReport, path: Path) -> Path:
             rows = [s for s in res.summary() if s.metric == res.metrics[0]]
             metric_label = res.metrics[0]
             acc = [s.accuracy for s in rows]
-            err = [[s.accuracy - s.ci_low for s in rows], [s.ci_high - s.accuracy for s in rows]]
+            err = [[max(0.0, s.accuracy - s.ci_low) for s in rows],
+                   [max(0.0, s.ci_high - s.accuracy) for s in rows]]
             ax.errorbar([x + 0.04 * (i - 1) for x in xs[: len(acc)]], acc, yerr=err, marker="o",
                         capsize=3, label=res.method)
         n = next((r.summary()[0].n for r in report.results if r.task == task), 0)

@@ -1,0 +1,235 @@
+"""Ray Serve side: the vLLM engine deployment, the FastAPI ingress deployment, the app builder
+for serve config files (``import_path: ptr_ray.serve.app:build_app``) and ``ptr-ray serve``.
+
+The engine runs in its own deployment so it scales (and is replaced after a crash) on its own,
+and so several ingress replicas can share one batched engine. The ingress reaches it through a
+DeploymentHandle; token deltas come back through ``handle.options(stream=True)``.
+``max_ongoing_requests`` / ``max_queued_requests`` on both deployments bound the work in
+flight: beyond them Serve answers 503 at once instead of letting requests pile up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from ptr_ray.config import (
+    ENGINE_DEPLOYMENT_NAME,
+    INGRESS_DEPLOYMENT_NAME,
+    EngineConfig,
+    SamplingConfig,
+    ServeConfig,
+)
+from ptr_ray.serve.api import create_app
+from ptr_ray.serve.errors import APIError
+
+log = logging.getLogger(__name__)
+
+RECENT_REQUESTS = 2048
+
+
+@serve.deployment(name=ENGINE_DEPLOYMENT_NAME)
+class EngineDeployment:
+    """One vLLM ``AsyncLLM`` (prefix caching on) per replica; requests are batched by vLLM."""
+
+    async def __init__(self, engine_cfg: dict[str, Any]) -> None:
+        from ptr_ray.engine import AsyncVLLMEngine
+
+        self.engine = AsyncVLLMEngine(EngineConfig.model_validate(engine_cfg))
+        self.counts: Counter[str] = Counter()
+        # request id -> "running" | "finished" | "cancelled" | "rejected": lets tests and
+        # operators see that a disconnected client's rounds really stopped.
+        self.recent: OrderedDict[str, str] = OrderedDict()
+
+    def _mark(self, request_id: str, state: str) -> None:
+        self.counts[state] += 1
+        self.recent[request_id] = state
+        self.recent.move_to_end(request_id)
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
+
+    async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
+                     request_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Token deltas, then the round's result (see ptr_ray.serve.api.EngineBackend)."""
+        from ptr_ray.engine import Generation, PromptTooLongError
+
+        self._mark(request_id, "running")
+        state = "cancelled"
+        try:
+            async for item in self.engine.stream(messages, SamplingConfig.model_validate(sampling),
+                                                 request_id):
+                if isinstance(item, Generation):
+                    c = item.completions[0]
+                    state = "finished"
+                    yield {"type": "result", "text": c.text, "tokens": c.tokens,
+                           "finish_reason": c.finish_reason, "prompt_tokens": item.prompt_tokens,
+                           "cached_tokens": item.cached_tokens, "latency_s": item.latency_s}
+                else:
+                    yield {"type": "delta", "text": item}
+        except PromptTooLongError as e:
+            state = "rejected"
+            yield {"type": "error", "status": 400, "code": "context_length_exceeded", "message": str(e)}
+        finally:
+            self._mark(request_id, state)
+
+    async def generate(self, messages: list[dict[str, str]], sampling: dict[str, Any],
+                       request_id: str | None = None) -> dict[str, Any]:
+        """One whole round without streaming (for direct handle callers and benchmarks)."""
+        g = await self.engine.generate(messages, SamplingConfig.model_validate(sampling), request_id)
+        c = g.completions[0]
+        return {"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+                "prompt_tokens": g.prompt_tokens, "cached_tokens": g.cached_tokens,
+                "latency_s": g.latency_s}
+
+    def info(self) -> dict[str, Any]:
+        return {"model_path": self.engine.model_path, "max_model_len": self.engine.max_model_len,
+                "pid": os.getpid(), "prefix_caching": self.engine.cfg.enable_prefix_caching}
+
+    def pid(self) -> int:
+        """The replica's process id (the fault-tolerance test kills it)."""
+        return os.getpid()
+
+    def stats(self, prefix: str | None = None) -> dict[str, Any]:
+        states = {k: v for k, v in self.recent.items() if prefix is None or k.startswith(prefix)}
+        return {"counts": dict(self.counts), "requests": states,
+                "unfinished": self.engine.llm.get_num_unfinished_requests()}
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; a dead engine core makes Serve replace the replica."""
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+class HandleBackend:
+    """The ingress's view of the engine deployment (ptr_ray.serve.api.EngineBackend)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+        self._streaming = handle.options(stream=True)
+
+    async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
+                     request_id: str) -> AsyncIterator[dict[str, Any]]:
+        gen = self._streaming.stream.remote(messages, sampling, request_id)
+        finished = False
+        try:
+            async for item in gen:
+                yield item
+            finished = True
+        except Exception as e:  # noqa: BLE001 - mapped to a 503 the client can retry
+            raise _unavailable(e) from e
+        finally:
+            if not finished:
+                gen.cancel()  # client gone or error: stop the engine's work on this round
+
+    async def info(self) -> dict[str, Any]:
+        try:
+            return await self.handle.info.remote()
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(e) from e
+
+    async def health(self) -> None:
+        try:
+            await self.handle.check_health.remote()
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(e) from e
+
+
+def _unavailable(e: BaseException) -> APIError:
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, BackPressureError):
+        return APIError(503, f"the engine is overloaded ({e.message}); retry later",
+                        code="overloaded", headers={"Retry-After": "1"})
+    log.warning("engine call failed: %s: %s", type(e).__name__, e)
+    return APIError(503, f"the engine is unavailable ({type(e).__name__}); retry shortly",
+                    code="engine_unavailable", headers={"Retry-After": "2"})
+
+
+@serve.deployment(name=INGRESS_DEPLOYMENT_NAME)
+@serve.ingress()
+class IngressDeployment:
+    """The FastAPI app (ptr_ray.serve.api), built inside each replica around the handle."""
+
+    def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.model_validate(settings)
+        self.backend = HandleBackend(engine)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.backend, self.cfg)
+
+
+def build_application(cfg: ServeConfig):
+    """The Serve application (ingress bound to the engine) for a validated config."""
+    eng_opts = cfg.engine_deployment.serve_options()
+    actor = {"num_cpus": cfg.engine.num_cpus, "num_gpus": cfg.engine.num_gpus}
+    actor.update(eng_opts.get("ray_actor_options") or {})
+    eng_opts["ray_actor_options"] = actor
+    engine = EngineDeployment.options(**eng_opts).bind(cfg.engine.model_dump(mode="json"))
+    return IngressDeployment.options(**cfg.ingress_deployment.serve_options()).bind(
+        engine, cfg.model_dump(mode="json")
+    )
+
+
+def build_app(args: dict[str, Any]):
+    """``import_path`` of serve config files: ``args`` are ServeConfig settings."""
+    return build_application(ServeConfig.model_validate(dict(args or {})))
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    """``ptr-ray serve``: start (or join) Ray, deploy, print the URL, serve until Ctrl-C."""
+    import ray
+
+    from ptr_ray.models import resolve_model
+
+    # Resolve (and convert, once) the model here: a bad source is a one-line error now, not a
+    # replica that fails to start over and over.
+    resolve_model(cfg.engine.model)
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        local = cfg.ray.address == "local"
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if local else None,
+                 include_dashboard=cfg.ray.include_dashboard, _temp_dir=cfg.ray.temp_dir,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        t0 = time.time()
+        log.info("deploying %s (engine: %s); the first start loads the model", cfg.app_name, cfg.engine.model)
+        serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+        url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+        key = " (bearer token from $" + cfg.api_key_env + ")" if os.environ.get(cfg.api_key_env) else ""
+        print(f"ptr-ray serve: {cfg.served_model_name} ready at {url}{key} after "
+              f"{time.time() - t0:.0f}s; Ctrl-C stops", flush=True)
+        for s in previous:
+            signal.signal(s, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        print("ptr-ray serve: stopping", flush=True)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        try:
+            serve.shutdown()
+        finally:
+            if own_ray:
+                ray.shutdown()
+
+
+__all__ = ["EngineDeployment", "IngressDeployment", "HandleBackend", "build_app",
+           "build_application", "run_serve"]

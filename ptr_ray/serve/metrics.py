@@ -1,0 +1,68 @@
+"""Serving metrics through ``ray.util.metrics``: they land on Ray's Prometheus endpoint and
+the dashboard next to Serve's own. Outside Ray (unit tests of the FastAPI app) they are
+counted in-process only, so the same code runs in both places."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+ROUND_LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+
+class ServeMetrics:
+    """requests, rounds, per-round latency, tokens and prefix-cache hits of one ingress replica."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.local: dict[str, float] = defaultdict(float)  # also readable in tests
+        self._lock = threading.Lock()
+        self._ray: dict[str, Any] = {}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                from ray.util import metrics as m
+
+                keys = ("route", "status")
+                self._ray = {
+                    "requests": m.Counter("ptr_requests_total", "refinement requests by route and status", tag_keys=keys),
+                    "rounds": m.Counter("ptr_rounds_total", "refinement rounds generated", tag_keys=("model",)),
+                    "round_latency": m.Histogram("ptr_round_latency_seconds", "latency of one refinement round",
+                                                 boundaries=ROUND_LATENCY_BOUNDARIES, tag_keys=("model",)),
+                    "tokens": m.Counter("ptr_tokens_total", "tokens by kind (prompt, completion, cached)",
+                                        tag_keys=("model", "kind")),
+                    "stopped_early": m.Counter("ptr_stopped_early_total", "requests ended by stop_when_stable",
+                                               tag_keys=("model",)),
+                    "cancelled": m.Counter("ptr_cancelled_total", "requests whose client went away",
+                                           tag_keys=("model",)),
+                }
+        except Exception:  # pragma: no cover - metrics must never break serving
+            self._ray = {}
+
+    def _inc(self, key: str, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        with self._lock:
+            self.local[key if not tags else key + ":" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))] += value
+        metric = self._ray.get(key.split(":")[0])
+        if metric is not None and value:
+            metric.inc(value, tags=tags)
+
+    def request(self, route: str, status: int) -> None:
+        self._inc("requests", 1, {"route": route, "status": str(status)})
+
+    def round(self, latency_s: float, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+        tags = {"model": self.model}
+        self._inc("rounds", 1, tags)
+        with self._lock:
+            self.local["round_latency_sum"] += latency_s
+        if "round_latency" in self._ray:
+            self._ray["round_latency"].observe(latency_s, tags=tags)
+        for kind, n in (("prompt", prompt_tokens), ("completion", completion_tokens), ("cached", cached_tokens)):
+            self._inc("tokens", n, {"model": self.model, "kind": kind})
+
+    def stopped_early(self) -> None:
+        self._inc("stopped_early", 1, {"model": self.model})
+
+    def cancelled(self) -> None:
+        self._inc("cancelled", 1, {"model": self.model})

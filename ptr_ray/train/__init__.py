@@ -1,0 +1,1 @@
+"""Training stage: encode (mask, dropout, pack), the PTR loss, Ray Train + DeepSpeed, export."""

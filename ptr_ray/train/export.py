@@ -1,0 +1,97 @@
+"""Export: DeepSpeed checkpoint -> Hugging Face folder (bf16 safetensors) that vLLM loads.
+
+ZeRO stages 1-3 keep the fp32 master weights in per-rank optimizer shards; DeepSpeed's
+``zero_to_fp32`` utilities consolidate them into one fp32 state dict. Stage 0 checkpoints
+hold the module's state dict directly. The weights are loaded into the base model's
+architecture (tied embeddings re-tied), cast to the export dtype and saved with the base
+model's tokenizer, chat template and generation config, into a temporary folder renamed into
+place, so a half-written ``model/`` never exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COMPLETE = ".complete"
+
+
+def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
+    """The full fp32 state dict of a DeepSpeed checkpoint folder (any ZeRO stage)."""
+    import torch
+
+    root = Path(ckpt_dir)
+    tag_dir = root / tag
+    if not tag_dir.is_dir():
+        raise ValueError(f"{root} holds no DeepSpeed checkpoint tag {tag!r}")
+    if list(tag_dir.glob("*optim_states.pt")) and any("zero_pp_rank" in p.name for p in tag_dir.iterdir()):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    else:
+        states = tag_dir / "mp_rank_00_model_states.pt"
+        if not states.is_file():
+            raise ValueError(f"{tag_dir} has neither ZeRO shards nor {states.name}")
+        sd = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in sd.items()}
+
+
+def export_model(
+    ckpt_dir: str | Path, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
+    tag: str = "ds", meta: dict | None = None,
+) -> Path:
+    """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    t0 = time.time()
+    out = Path(out_dir)
+    sd = consolidated_state_dict(ckpt_dir, tag)
+    config = AutoConfig.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
+        tied = set(model._tied_weights_keys)
+    missing = [k for k in missing if k not in tied and not k.startswith("lm_head.")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {ckpt_dir} does not match {base_model}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.tie_weights()
+    torch_dtype = getattr(torch, dtype)
+    model = model.to(torch_dtype)
+    model.config.dtype = torch_dtype
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(base_model)
+    except OSError:
+        log.info("base model has no generation_config.json; deriving one from its config")
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer of {base_model} has no chat template")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "ptr_ray_export.json").write_text(json.dumps(
+            {"checkpoint": str(ckpt_dir), "base_model": str(base_model), "dtype": dtype,
+             **(meta or {})}, indent=1))
+        (tmp / COMPLETE).write_text("")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s -> %s (%s) in %.1fs", ckpt_dir, out, dtype, time.time() - t0)
+    return out

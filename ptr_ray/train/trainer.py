@@ -1,0 +1,145 @@
+"""``ptr-ray train``: validate, run Ray Train + DeepSpeed, export ``model/``.
+
+The driver does everything that can fail on bad input *before* a worker starts (dataset
+folder, columns, blank answers, chat template, ``max_length`` vs the shortest answer), then
+hands the validated records to a :class:`ray.train.torch.TorchTrainer`. The run is named
+``train`` under ``<output_dir>/ray`` (or ``storage_path``): Ray Train keeps a snapshot of its
+checkpoints there, so a second ``ptr-ray train`` on the same output folder resumes (step,
+optimizer, data position) and a crashed worker group restarts from the last checkpoint
+(``max_failures``).
+
+Output folder::
+
+    train_config.yaml   the resolved config
+    encode_stats.json   episodes, tokens, truncated/skipped/dropped thoughts, steps
+    metrics.jsonl       one line per optimizer step (loss terms, lr, tokens/s, step time)
+    ray/train/checkpoint_stepNNNNNNN/   DeepSpeed checkpoints (ZeRO shards of every rank)
+    model/              bf16 safetensors + tokenizer + chat template + generation config
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ptr_ray.config import TrainConfig, dump_config
+
+log = logging.getLogger("ptr_ray.train")
+
+RUN_NAME = "train"
+
+
+def _worker_env(cfg: TrainConfig) -> dict[str, str]:
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    if not cfg.scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def _ensure_ray(cfg: TrainConfig) -> bool:
+    """Start/attach Ray per config unless already initialized; True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"address": cfg.ray.address, "include_dashboard": cfg.ray.include_dashboard,
+                              "runtime_env": {"env_vars": _worker_env(cfg)}}
+    if cfg.ray.address in (None, "local"):
+        if cfg.ray.num_cpus:
+            kwargs["num_cpus"] = cfg.ray.num_cpus
+        else:
+            # Logical CPUs: every worker needs its share, plus Ray Train's controller.
+            need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
+            kwargs["num_cpus"] = max(need, os.cpu_count() or 1)
+        if cfg.ray.temp_dir:
+            kwargs["_temp_dir"] = cfg.ray.temp_dir
+    ray.init(**kwargs)
+    return True
+
+
+def prepare(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
+    """Driver-side checks: model resolves, records valid, max_length sane. No worker yet."""
+    from transformers import AutoTokenizer
+
+    from ptr_ray.models import resolve_model
+    from ptr_ray.records import read_records
+    from ptr_ray.train.encode import check_dataset
+
+    records = read_records(cfg.dataset)  # DatasetError names file and problem
+    model_path = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    info = check_dataset(tokenizer, records, cfg)
+    if cfg.scaling.use_gpu is False and cfg.attn_implementation == "flash_attention_2":
+        raise ValueError("attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
+    from ptr_ray.train.worker import deepspeed_config
+
+    deepspeed_config(cfg, cfg.scaling.num_workers)  # a bad DeepSpeed JSON fails here, not in a worker
+    return model_path, records, info
+
+
+def run_train(cfg: TrainConfig) -> Path:
+    """Train per ``cfg``; returns the exported model folder (or the output folder if no export)."""
+    t0 = time.time()
+    out = Path(cfg.output_dir).expanduser().resolve()
+    model_path, records, info = prepare(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.model_copy(update={"output_dir": str(out)})
+    dump_config(cfg, out / "train_config.yaml")
+    log.info("dataset %s: %d records (%d usable in mode %s); shortest answer %d tokens",
+             cfg.dataset, info["records"], info["usable"], cfg.mode, info["shortest_answer_tokens"])
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ptr_ray.train.export import export_model
+    from ptr_ray.train.worker import STATE_FILE, train_loop_per_worker
+
+    os.environ.update({k: v for k, v in _worker_env(cfg).items() if k not in os.environ})
+    started = _ensure_ray(cfg)
+    try:
+        sc = cfg.scaling
+        resources = {"CPU": sc.cpus_per_worker}
+        if sc.use_gpu:
+            resources["GPU"] = sc.gpus_per_worker
+        storage = cfg.storage_path or str(out / "ray")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"),
+                               "records": ray.put(records)},
+            torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
+                placement_strategy=sc.placement_strategy,
+            ),
+            run_config=RunConfig(
+                name=RUN_NAME, storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            ),
+        )
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    ckpt = result.checkpoint
+    if ckpt is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with ckpt.as_directory() as ckpt_dir:
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+        log.info("training done at step %d/%d in %.1fs; checkpoint %s", state["step"],
+                 state["total_steps"], time.time() - t0, ckpt.path)
+        if not cfg.export:
+            return out
+        return export_model(ckpt_dir, model_path, out / "model",
+                            meta={"step": state["step"], "mode": cfg.mode, "dataset": cfg.dataset})

@@ -1,0 +1,349 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Each rank: builds its deterministic data plan (its shard of the seeded permutation, encoded,
+thought-dropped and packed per epoch; all ranks agree on the number of steps), loads the model,
+wraps it with ``deepspeed.initialize`` (a plain torch AdamW unless the config asks for
+DeepSpeed's own), restores the latest checkpoint if Ray Train has one (a restarted worker group
+or a second run on the same output folder), and trains, reporting metrics every
+``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ptr_ray.train")
+
+CKPT_TAG = "ds"  # DeepSpeed tag inside every Ray checkpoint folder
+STATE_FILE = "train_state.json"
+
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeed configuration
+# ------------------------------------------------------------------------------------------
+
+
+def _fill_auto(node: Any, values: dict[str, Any], path: str = "") -> Any:
+    """Replace "auto" values of a DeepSpeed JSON by ours (the HF Trainer convention)."""
+    if isinstance(node, dict):
+        return {k: _fill_auto(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path not in values:
+            raise ValueError(f"DeepSpeed config: no value for 'auto' at {path}")
+        return values[path]
+    return node
+
+
+def deepspeed_config(cfg: Any, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for a :class:`~ptr_ray.config.TrainConfig`.
+
+    With ``deepspeed.config_file`` the JSON is used as is, only its "auto" values filled in.
+    A torch optimizer on ZeRO needs ``zero_allow_untested_optimizer`` (and with optimizer
+    offload ``zero_force_ds_cpu_optimizer: false``): both set here, both safe for AdamW.
+    """
+    ds, opt = cfg.deepspeed, cfg.optim
+    auto = {
+        "train_micro_batch_size_per_gpu": ds.micro_batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "train_batch_size": ds.micro_batch_size * ds.gradient_accumulation_steps * world_size,
+        "gradient_clipping": ds.gradient_clipping,
+        "bf16.enabled": ds.bf16,
+        "zero_optimization.stage": ds.zero_stage,
+        "optimizer.params.lr": opt.lr,
+        "optimizer.params.betas": list(opt.betas),
+        "optimizer.params.eps": opt.eps,
+        "optimizer.params.weight_decay": opt.weight_decay,
+    }
+    if ds.config_file:
+        p = Path(ds.config_file)
+        if not p.is_file():
+            raise ValueError(f"deepspeed.config_file {p} does not exist")
+        try:
+            raw = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"deepspeed.config_file {p} is not valid JSON ({e.msg})") from None
+        out = _fill_auto(raw, auto)
+        out.setdefault("train_micro_batch_size_per_gpu", ds.micro_batch_size)
+        out.setdefault("gradient_accumulation_steps", ds.gradient_accumulation_steps)
+        out.pop("train_batch_size", None)  # derived from the two above and the world size
+    else:
+        zero: dict[str, Any] = {"stage": ds.zero_stage}
+        if ds.zero_stage > 0:
+            zero.update(overlap_comm=False, contiguous_gradients=True)
+        if ds.offload_optimizer and ds.zero_stage > 0:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+        if ds.offload_param:
+            if ds.zero_stage != 3:
+                raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
+            zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+        if ds.zero_stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = False
+        out = {
+            "train_micro_batch_size_per_gpu": ds.micro_batch_size,
+            "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+            "gradient_clipping": ds.gradient_clipping,
+            "bf16": {"enabled": ds.bf16},
+            "zero_optimization": zero,
+        }
+        if opt.optimizer == "deepspeed":
+            out["optimizer"] = {
+                "type": "AdamW",
+                "params": {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps,
+                           "weight_decay": opt.weight_decay},
+            }
+    out.setdefault("steps_per_print", 1 << 30)
+    out.setdefault("wall_clock_breakdown", False)
+    if "optimizer" not in out:
+        out["zero_allow_untested_optimizer"] = True
+        out["zero_force_ds_cpu_optimizer"] = False
+    return out
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
+    """Multiplier of the peak lr at a step: linear warm-up, then cosine/linear/constant."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - (1.0 - min_ratio) * frac
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------
+# Data plan
+# ------------------------------------------------------------------------------------------
+
+
+def build_plans(cfg: Any, records: list, tokenizer: Any, rank: int, world: int, gas: int,
+                mbs: int, all_reduce) -> tuple[list, dict[str, int]]:
+    """Every epoch's micro-batches for this rank, padded so all ranks take the same steps.
+
+    ``all_reduce(values, op)`` reduces a list of ints over ranks ("max" or "sum").
+    """
+    from ptr_ray.train.encode import EncodeStats, Encoder, pad_plan, plan_epoch
+
+    enc = Encoder(
+        tokenizer, cfg.max_length, cfg.mode, cfg.prompt.refine_instruction,
+        cfg.prompt.system_prompt, cfg.include_sft, cfg.thought_dropout if cfg.mode == "ptr" else 0.0,
+        cfg.seed,
+    )
+    stats = EncodeStats()
+    plans = []
+    repeated = 0
+    for epoch in range(cfg.epochs):
+        order = list(range(len(records)))
+        random.Random(f"data:{cfg.seed}:{epoch}").shuffle(order)
+        episodes, st = enc.encode_many(records, order[rank::world], epoch)
+        if epoch == 0:
+            stats.add(st)
+        plan = plan_epoch(episodes, cfg.max_length, mbs, cfg.pack, cfg.seed + rank, epoch)
+        n = all_reduce([len(plan.micro_batches)], "max")[0]
+        n = gas * math.ceil(n / gas)
+        if n == 0:
+            raise ValueError("no episode fits max_length: nothing to train on")
+        pad_plan(plan, n)
+        repeated += plan.repeated
+        plans.append(plan)
+    keys = list(stats.as_dict())
+    summed = all_reduce([stats.as_dict()[k] for k in keys] + [repeated], "sum")
+    out = dict(zip(keys + ["repeated_micro_batches"], summed))
+    return plans, out
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (runs on every rank)."""
+    import deepspeed
+    import ray
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptr_ray.config import TrainConfig
+    from ptr_ray.models import resolve_model
+    from ptr_ray.train.encode import collate
+    from ptr_ray.train.loss import lambdas_at, ptr_loss
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig.model_validate(config["cfg"])
+    records = config["records"]
+    if isinstance(records, ray.ObjectRef):
+        records = ray.get(records)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+
+    def all_reduce(values: list[float], op: str) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return [int(v) if float(v).is_integer() else float(v) for v in t.tolist()]
+
+    ds_cfg = deepspeed_config(cfg, world)
+    mbs = int(ds_cfg["train_micro_batch_size_per_gpu"])
+    gas = int(ds_cfg["gradient_accumulation_steps"])
+
+    model_path = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    t0 = time.time()
+    plans, enc_stats = build_plans(cfg, records, tokenizer, rank, world, gas, mbs, all_reduce)
+    steps_per_epoch = [len(p.micro_batches) // gas for p in plans]
+    total_steps = sum(steps_per_epoch)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    if rank == 0:
+        log.info("data plan in %.1fs: %s; %d steps (%s per epoch)", time.time() - t0, enc_stats,
+                 total_steps, steps_per_epoch)
+        (out_dir / "encode_stats.json").write_text(json.dumps(
+            {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, indent=1))
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation
+    )
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    opt = cfg.optim
+    sched_fn = lr_lambda(opt.warmup_steps, total_steps, opt.schedule, opt.min_lr_ratio)
+    if "optimizer" in ds_cfg:
+        optimizer = None
+        scheduler: Any = lambda o: torch.optim.lr_scheduler.LambdaLR(o, sched_fn)  # noqa: E731
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.lr, betas=opt.betas, eps=opt.eps,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched_fn)
+        params = None
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg,
+        model_parameters=params, dist_init_required=False,
+    )
+
+    start_step = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            load_path, client = engine.load_checkpoint(d, tag=CKPT_TAG)
+            if load_path is None:
+                raise RuntimeError(f"could not load the DeepSpeed checkpoint in {d}")
+            start_step = int(client["step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", ckpt.path, start_step)
+
+    bar = None
+    if rank == 0 and cfg.progress:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total_steps, desc=f"train {cfg.mode}", unit="step")
+        if start_step:
+            bar.update(start_step)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    ce_only = cfg.mode == "ift"
+    need_hidden = not ce_only
+    micro_batches = [(e, mb) for e, p in enumerate(plans) for mb in p.micro_batches]
+    step = start_step
+    acc = torch.zeros(6, dtype=torch.float64)
+    t_step = time.time()
+    for i in range(start_step * gas, total_steps * gas):
+        epoch, groups = micro_batches[i]
+        lam = (1.0, 0.0, 0.0) if ce_only else lambdas_at(
+            cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, step)
+        batch = collate(plans[epoch].episodes, groups, pad_id)
+        ids = batch["input_ids"].to(device)
+        out = engine(
+            input_ids=ids, position_ids=batch["position_ids"].to(device),
+            output_hidden_states=need_hidden, use_cache=False,  # a cache disables packing masks
+        )
+        terms = ptr_loss(
+            out.logits, out.hidden_states[-1] if need_hidden else None, ids,
+            batch["labels"].to(device), batch["turns"], lam, ce_only=ce_only,
+        )
+        engine.backward(terms.total)
+        engine.step()
+        f = terms.floats()
+        acc += torch.tensor([f["loss"], f["loss_ce"], f["loss_consistency"], f["loss_confidence"],
+                             batch["n_tokens"], terms.answer_tokens], dtype=torch.float64)
+        if (i + 1) % gas:
+            continue
+        step += 1
+        dt = time.time() - t_step
+        red = torch.tensor(all_reduce(acc.tolist(), "sum"), dtype=torch.float64)
+        n = gas * world
+        metrics = {
+            "step": step, "epoch": epoch, "loss": red[0].item() / n, "loss_ce": red[1].item() / n,
+            "loss_consistency": red[2].item() / n, "loss_confidence": red[3].item() / n,
+            "lambda1": lam[0], "lambda2": lam[1], "lambda3": lam[2],
+            "lr": float(engine.get_lr()[0]), "tokens": int(red[4]), "answer_tokens": int(red[5]),
+            "tokens_per_s": red[4].item() / dt, "step_time_s": dt, "total_steps": total_steps,
+        }
+        acc.zero_()
+        if rank == 0:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps({**metrics, "time": time.time()}) + "\n")
+            if bar is not None:
+                bar.set_description(f"train {cfg.mode} loss {metrics['loss']:.3f}")
+                bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == total_steps:
+            _save_and_report(engine, metrics, step, total_steps, rank)
+        elif step % cfg.log_every == 0:
+            ray.train.report(metrics)
+        if cfg.fail_at_step == step and rank == 0:
+            marker = out_dir / f".fail_at_step_{step}.done"
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                log.warning("TEST HOOK fail_at_step=%d: rank 0 exits now", step)
+                os._exit(1)
+        t_step = time.time()
+    if bar is not None:
+        bar.close()
+
+
+def _save_and_report(engine: Any, metrics: dict[str, Any], step: int, total: int, rank: int) -> None:
+    """Save a DeepSpeed checkpoint on every rank and hand it to Ray Train (merged in storage)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"ptr-ckpt-{step}-"))
+    try:
+        engine.save_checkpoint(str(tmp), tag=CKPT_TAG, client_state={"step": step})
+        if rank == 0:
+            (tmp / STATE_FILE).write_text(json.dumps(
+                {"step": step, "total_steps": total, "done": step >= total, "tag": CKPT_TAG}))
+        ray.train.report(
+            metrics, checkpoint=Checkpoint.from_directory(str(tmp)),
+            checkpoint_dir_name=f"checkpoint_step{step:07d}",
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
