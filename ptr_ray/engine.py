@@ -83,6 +83,17 @@ def configure_vllm_env(cfg: EngineConfig) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def clamp_context(model_path: str, wanted: int) -> int:
+    """A config's context length, capped at what the model was trained for (vLLM refuses more)."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if limit and wanted > limit:
+        log.warning("max_model_len %d > the model's %d positions; using %d", wanted, limit, limit)
+        return int(limit)
+    return wanted
+
+
 def encode_conversation(tokenizer: Any, conversation: Sequence[prompts.Message]) -> list[int]:
     return prompts.encode(tokenizer, conversation, add_generation_prompt=True)
 
@@ -107,7 +118,7 @@ class VLLMEngine:
             max_num_seqs=cfg.max_num_seqs,
         )
         if cfg.max_model_len:
-            kwargs["max_model_len"] = cfg.max_model_len
+            kwargs["max_model_len"] = clamp_context(self.model_path, cfg.max_model_len)
         if not cpu_only():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         kwargs.update(cfg.extra)
@@ -184,7 +195,7 @@ class HFEngine:
                  "float32": torch.float32}[cfg.dtype]
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self.model.eval()
-        self.max_model_len = cfg.max_model_len or self.model.config.max_position_embeddings
+        self.max_model_len = clamp_context(self.model_path, cfg.max_model_len or 10**9)
 
     def generate(
         self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
@@ -298,7 +309,7 @@ class AsyncVLLMEngine:
             disable_log_stats=True,
         )
         if cfg.max_model_len:
-            kwargs["max_model_len"] = cfg.max_model_len
+            kwargs["max_model_len"] = clamp_context(self.model_path, cfg.max_model_len)
         if not cpu_only():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         kwargs.update(cfg.extra)

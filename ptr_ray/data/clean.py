@@ -1,8 +1,8 @@
 """Query cleaning: strip what a model cannot use (URLs, images, control characters), keep the
 question, and drop queries that are empty, too short or too long in tokens.
 
-Newlines are kept (code and lists need them); runs of spaces collapse and blank-line runs shrink
-to one blank line.
+Newlines and indentation are kept (code and lists need them); runs of spaces inside a line
+collapse, trailing spaces go, and blank-line runs shrink to one blank line.
 """
 
 from __future__ import annotations
@@ -38,10 +38,17 @@ def clean_text(text: str, strip_urls: bool = True, strip_images: bool = True) ->
         text = _URL.sub(" ", text)
         text = _MD_LINK.sub(r"\1", text)
     text = strip_control(text)
-    text = _HSPACE.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
+    text = "\n".join(_clean_line(line) for line in text.split("\n"))
     text = _BLANKS.sub("\n\n", text)
     return text.strip()
+
+
+def _clean_line(line: str) -> str:
+    """Collapse space runs inside a line; keep its indentation (code needs it)."""
+    body = line.lstrip(" \t")
+    indent = line[: len(line) - len(body)]
+    body = _HSPACE.sub(" ", body).rstrip()
+    return indent + body if body else ""
 
 
 @dataclass

@@ -184,8 +184,8 @@ def _stated_answers(text: str) -> list[tuple[int, str]]:
         j = _match_brace(text, m.end() - 1)
         if j is not None:
             found.append((m.start(), text[m.end(): j].strip()))
-    for m in re.finditer(r"(?i)answer\s*(?:is|:)\s*[:\-]?\s*(.+)", text):
-        seg = m.group(1).strip()
+    for m in re.finditer(r"(?i)answer\s*(?:is|:)\s*[:\-]?\s*", text):
+        seg = text[m.end():].split("\n", 1)[0].strip()
         if seg.startswith("\\boxed"):
             continue  # counted above
         num = _NUM_RE.search(seg)

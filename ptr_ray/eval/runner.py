@@ -199,7 +199,10 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
             try:
                 for task, fp in pending:
                     bar.set_postfix(method=method.name, task=task.name)
-                    res = evaluate_task(engine, method, task, cfg, fp)
+                    try:
+                        res = evaluate_task(engine, method, task, cfg, fp)
+                    except ValueError as e:  # e.g. a late-round prompt longer than the context
+                        raise EvalError(f"{method.name}/{task.name}: {e}") from e
                     atomic_write(_result_path(cfg, method.name, task.name),
                                  json.dumps(res.to_dict(), ensure_ascii=False))
                     by_key[(method.name, task.name)] = res
@@ -233,6 +236,8 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
         ray.init(**kwargs)
     gpus = max(m.engine.get("num_gpus", cfg.engine.num_gpus) for m in cfg.methods)
     cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
+    if cfg.ray.address == "local":  # a local worker's cwd need not be ours
+        cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate)
     log.info("evaluating inside a Ray task (num_cpus=%s, num_gpus=%s)", cpus, gpus)
     return ray.get(remote.remote(cfg))

@@ -104,6 +104,8 @@ def check_tasks(cfg: EvalConfig) -> None:
     for name in cfg.tasks:
         if name not in benchmarks.TASKS and name not in custom:
             raise TaskError(f"unknown eval task {name!r}; known: {', '.join(known_tasks(cfg))}")
+        if name not in custom and name not in PACKAGED_KINDS:
+            raise TaskError(f"packaged task {name!r} has no metric in ptr_ray.eval.tasks yet")
     names = list(cfg.tasks) + [t.name for t in cfg.custom_tasks if t.name not in cfg.tasks]
     if len(set(names)) != len(names):
         raise TaskError(f"task listed twice in {names}")

@@ -122,6 +122,7 @@ def run_train(cfg: TrainConfig) -> Path:
             ),
             run_config=RunConfig(
                 name=RUN_NAME, storage_path=storage,
+                worker_runtime_env={"env_vars": _worker_env(cfg)},
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             ),

@@ -1,0 +1,294 @@
+"""The generation stages as Ray Data callable classes (one actor pool per class and model).
+
+Each actor builds its engine once in ``__init__`` (vLLM start-up is the expensive part) and
+then serves batches: a batch is one batched engine call per round, which is where vLLM's
+continuous batching and prefix caching pay off. Rows already rejected pass through untouched.
+
+A stage never raises on a single bad row: a prompt that does not fit the context is rejected
+with ``prompt_too_long``; an engine error rejects the batch's rows with ``generation_error``
+(retried by the next run, see the pipeline's resume logic). A killed actor process is
+restarted by Ray and its batch retried (``max_restarts``/``max_task_retries`` of map_batches).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from ptr_ray import prompts
+from ptr_ray.build import icl
+from ptr_ray.build.rows import share_time, to_table
+from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
+from ptr_ray.refine import refine_batch
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "PTR_RAY_FAULT_FILE"  # test hook: the first actor to claim this file kills itself
+
+
+def maybe_die(fault_file: str | None) -> None:
+    """Fault injection for the restart test: whoever deletes the file first SIGKILLs itself.
+
+    ``os.unlink`` succeeds for exactly one process, so exactly one actor dies, once.
+    """
+    if not fault_file:
+        return
+    try:
+        os.unlink(fault_file)
+    except FileNotFoundError:
+        return
+    log.warning("fault injection: killing actor process %d", os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prompt_len(tokenizer: Any, messages: list[prompts.Message]) -> int:
+    return len(prompts.encode(tokenizer, messages, add_generation_prompt=True))
+
+
+def _reject(row: dict[str, Any], reason: str, detail: str = "") -> None:
+    row["reject"], row["reject_detail"] = reason, detail[:500]
+
+
+class _EngineStage:
+    """Shared set-up: the engine, the fault hook and the batch-time bookkeeping."""
+
+    time_column = ""
+    stage = "engine"  # for logs (Ray wraps the class, so its __name__ is not ours)
+
+    def __init__(self, engine: EngineConfig, fault_file: str | None = None) -> None:
+        from ptr_ray.engine import make_engine
+
+        logging.basicConfig(level=logging.INFO)
+        t0 = time.time()
+        self.engine_cfg = engine
+        self.engine = make_engine(engine)
+        self.fault_file = fault_file
+        self.max_len = int(getattr(self.engine, "max_model_len", engine.max_model_len or 2048))
+        log.info("%s actor: %s ready in %.1fs (pid %d)", self.stage, engine.model,
+                 time.time() - t0, os.getpid())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        maybe_die(self.fault_file)
+        rows = batch.to_pylist()
+        t0 = time.time()
+        todo = [r for r in rows if r["reject"] is None and self.wants(r)]
+        if todo:
+            try:
+                self.process(todo)
+            except Exception as e:  # an engine failure costs this batch, not the run
+                log.exception("%s actor failed on a batch of %d", self.stage, len(todo))
+                for r in todo:
+                    if r["reject"] is None:
+                        _reject(r, "generation_error", f"{type(e).__name__}: {e}")
+            share_time(todo, self.time_column, time.time() - t0)
+        return to_table(rows)
+
+    def wants(self, row: dict[str, Any]) -> bool:
+        return True
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+class WeakThoughts(_EngineStage):
+    """``rounds`` successive thoughts, each generated with the earlier ones in context.
+
+    Round t's prompt is :func:`ptr_ray.prompts.round_messages` of the query and thoughts
+    1..t-1 (the refine instruction between them) through :func:`ptr_ray.refine.refine_batch`,
+    which is the exact prompt a PTR model sees when it refines at inference time.
+    """
+
+    time_column = "t_weak"
+    stage = "weak"
+
+    def __init__(self, engine: EngineConfig, rounds: int, sampling: SamplingConfig,
+                 prompt: PromptConfig, fault_file: str | None = None) -> None:
+        super().__init__(engine, fault_file)
+        self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
+
+    def wants(self, row: dict[str, Any]) -> bool:
+        return row["kind"] == "ptr"
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        fits = []
+        # Worst case the last round's prompt holds every new thought at max_tokens plus a
+        # refine instruction turn (~32 tokens of template) per round.
+        budget = self.rounds * (self.sampling.max_tokens + 32)
+        for r in rows:
+            msgs = prompts.round_messages(r["query"], r["thoughts"], self.prompt.refine_instruction,
+                                          self.prompt.system_prompt)
+            n = _prompt_len(self.engine.tokenizer, msgs)
+            if n + budget > self.max_len:
+                _reject(r, "prompt_too_long",
+                        f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context {self.max_len}")
+            else:
+                fits.append(r)
+        if not fits:
+            return
+        results = refine_batch(
+            self.engine, [r["query"] for r in fits], self.rounds, self.sampling, self.prompt,
+            history=[r["thoughts"] for r in fits],
+        )
+        for r, res in zip(fits, results, strict=True):
+            for rr in res.rounds:
+                r["thoughts"] = [*r["thoughts"], rr.answer.strip()]
+                r["weak_tokens"] = [*r["weak_tokens"], rr.tokens]
+                r["weak_prompt_tokens"] = [*r["weak_prompt_tokens"], rr.prompt_tokens]
+                r["weak_cached_tokens"] = [*r["weak_cached_tokens"], rr.cached_tokens]
+                r["weak_finish"] = [*r["weak_finish"], rr.finish_reason]
+            empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
+            if empty:
+                _reject(r, "empty_thought", f"thought {empty[0]} is empty")
+
+
+class StrongAnswers(_EngineStage):
+    """The refined answer from query + thoughts, with in-context worked examples.
+
+    SFT rows get a plain answer to the query (or keep the source's reference answer).
+    When the examples make a prompt too long, fewer examples are used before giving up.
+    """
+
+    time_column = "t_strong"
+    stage = "strong"
+
+    def __init__(self, engine: EngineConfig, sampling: SamplingConfig, icl_path: str | None,
+                 num_icl: int, prompt: PromptConfig, fault_file: str | None = None) -> None:
+        super().__init__(engine, fault_file)
+        self.sampling, self.prompt = sampling, prompt
+        self.examples = icl.load_examples(icl_path) if num_icl else []
+        self.num_icl = min(num_icl, len(self.examples))
+
+    def _messages(self, row: dict[str, Any]) -> tuple[list[prompts.Message] | None, int]:
+        room = self.max_len - self.sampling.max_tokens
+        if row["kind"] == "sft":
+            msgs = prompts.query_messages(row["query"], self.prompt.system_prompt)
+            return (msgs, 0) if _prompt_len(self.engine.tokenizer, msgs) <= room else (None, 0)
+        for k in range(self.num_icl, -1, -1):
+            msgs = icl.strong_messages(row["query"], row["thoughts"], self.examples, k)
+            if _prompt_len(self.engine.tokenizer, msgs) <= room:
+                return msgs, k
+        return None, 0
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        convs, targets = [], []
+        for r in rows:
+            if r["kind"] == "sft" and r["ref_answer"]:
+                r["answer"] = r["ref_answer"]
+                continue
+            msgs, k = self._messages(r)
+            if msgs is None:
+                _reject(r, "prompt_too_long",
+                        f"strong prompt + {self.sampling.max_tokens} new tokens > context {self.max_len}")
+                continue
+            r["icl_used"] = k
+            convs.append(msgs)
+            targets.append(r)
+        if not convs:
+            return
+        gens = self.engine.generate(convs, self.sampling.model_copy(update={"n": 1}))
+        for r, g in zip(targets, gens, strict=True):
+            c = g.completions[0]
+            r["answer"] = c.text.strip()
+            r["strong_tokens"], r["strong_finish"] = c.tokens, c.finish_reason
+            r["strong_prompt_tokens"], r["strong_cached_tokens"] = g.prompt_tokens, g.cached_tokens
+            if not r["answer"]:
+                _reject(r, "empty_answer")
+
+
+class EmbeddingConsistency:
+    """Cosine similarity of the answer's sentence embedding with each thought's, averaged.
+
+    A strong answer that has nothing to do with the drafts (the strong model ignored them, or
+    answered another question) scores low; a refinement of them scores high.
+    """
+
+    def __init__(self, model: str, threshold: float, fault_file: str | None = None) -> None:
+        from ptr_ray.build.embed import SentenceEmbedder
+
+        self.embedder = SentenceEmbedder(model)
+        self.threshold, self.fault_file = threshold, fault_file
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        maybe_die(self.fault_file)
+        rows = batch.to_pylist()
+        t0 = time.time()
+        todo = [r for r in rows if r["reject"] is None and r["kind"] == "ptr"]
+        if todo:
+            texts, spans = [], []
+            for r in todo:
+                spans.append((len(texts), len(r["thoughts"])))
+                texts.append(r["answer"])
+                texts.extend(r["thoughts"])
+            vecs = self.embedder.encode(texts)
+            for r, (start, n) in zip(todo, spans, strict=True):
+                answer = vecs[start]
+                sims = vecs[start + 1: start + 1 + n] @ answer
+                r["consistency"] = float(sims.mean())
+                if r["consistency"] < self.threshold:
+                    _reject(r, "low_consistency",
+                            f"consistency {r['consistency']:.3f} < threshold {self.threshold}")
+            share_time(todo, "t_consistency", time.time() - t0)
+        return to_table(rows)
+
+
+JUDGE_PROMPT = (
+    "You check training data. Below are a query, draft answers and a final answer. Rate from 1 "
+    "to 10 how consistent the final answer is with the drafts: it should address the same "
+    "query and build on, or correct, their reasoning. Reply with the number only.\n\n"
+    "Query:\n{query}\n\n{drafts}\n\nFinal answer:\n{answer}"
+)
+_NUMBER = re.compile(r"\b(10|[1-9])\b")
+
+
+class JudgeConsistency(_EngineStage):
+    """An LLM judge's 1-10 consistency rating, scaled to [0.1, 1]."""
+
+    time_column = "t_consistency"
+    stage = "judge"
+
+    def __init__(self, engine: EngineConfig, threshold: float, max_tokens: int,
+                 fault_file: str | None = None) -> None:
+        super().__init__(engine, fault_file)
+        self.threshold = threshold
+        self.sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
+
+    def wants(self, row: dict[str, Any]) -> bool:
+        return row["kind"] == "ptr"
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        convs, targets = [], []
+        for r in rows:
+            drafts = "\n\n".join(f"Draft {i}:\n{t}" for i, t in enumerate(r["thoughts"], 1))
+            msgs = [{"role": "user", "content": JUDGE_PROMPT.format(
+                query=r["query"], drafts=drafts, answer=r["answer"])}]
+            n = _prompt_len(self.engine.tokenizer, msgs)
+            if n + self.sampling.max_tokens > self.max_len:
+                _reject(r, "prompt_too_long", f"judge prompt of {n} tokens > context {self.max_len}")
+                continue
+            convs.append(msgs)
+            targets.append(r)
+        if not convs:
+            return
+        gens = self.engine.generate(convs, self.sampling)
+        for r, g in zip(targets, gens, strict=True):
+            c = g.completions[0]
+            r["judge_tokens"] = c.tokens
+            m = _NUMBER.search(c.text)
+            if not m:
+                _reject(r, "judge_unparsed", f"judge said {c.text[:80]!r}")
+                continue
+            r["consistency"] = int(m.group(1)) / 10
+            if r["consistency"] < self.threshold:
+                _reject(r, "low_consistency",
+                        f"judge score {r['consistency']:.1f} < threshold {self.threshold}")

@@ -1,0 +1,336 @@
+"""``ptr-ray build``: PTR's thought-data construction as a Ray Data pipeline.
+
+    sources ─► read/clean/dedupe/decontaminate (driver, one streaming pass)
+            ─► Ray Data: WeakThoughts pool(s) ─► StrongAnswers pool ─► consistency pool
+            ─► driver: sharded record files + rejects.jsonl + stats.json + meta.json
+
+The weak and strong engines live in separate actor pools, each sized from its own config
+(replicas, CPUs/GPUs per actor, tensor parallelism), so a cluster can give the strong model
+big GPUs and the weak one small ones. Ray Data streams batches between the pools (its
+progress bars show every stage; the dashboard shows the actors). Actors are restartable and
+their tasks retried, so a dead actor costs a restart, not the run, and the driver's id check
+makes sure each query is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ptr_ray.build import output
+from ptr_ray.build.actors import FAULT_ENV, EmbeddingConsistency, JudgeConsistency, StrongAnswers, WeakThoughts
+from ptr_ray.build.prepare import Candidate, prepare
+from ptr_ray.build.rows import SCHEMA, new_row, to_table
+from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, RayConfig, dump_config
+from ptr_ray.records import Record
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(ValueError):
+    """A build that cannot start or produced nothing usable; the message says why."""
+
+
+def init_ray(cfg: RayConfig) -> bool:
+    """Connect to Ray as configured; True when this call started it (so we shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(address=cfg.address, include_dashboard=cfg.include_dashboard,
+                                  log_to_driver=True)
+    if cfg.address in (None, "local"):
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.temp_dir:
+            kwargs["_temp_dir"] = cfg.temp_dir
+    ray.init(**kwargs)
+    return True
+
+
+def weak_stages(cfg: BuildConfig) -> list[tuple[EngineConfig, int]]:
+    """(model, rounds) per weak stage: one model does all rounds in one pool; several models
+    alternate, round t on model (t-1) % m, each round its own stage."""
+    models, k = cfg.weak.models, cfg.weak.num_thoughts
+    if len(models) == 1:
+        return [(models[0], k)]
+    return [(models[t % len(models)], 1) for t in range(k)]
+
+
+def _compute(pool: PoolConfig):
+    from ray.data import ActorPoolStrategy
+
+    if pool.max_replicas and pool.max_replicas > pool.replicas:
+        return ActorPoolStrategy(min_size=pool.replicas, max_size=pool.max_replicas)
+    return ActorPoolStrategy(size=pool.replicas)
+
+
+def _resources(engine: EngineConfig) -> dict[str, Any]:
+    if engine.num_gpus > 0 and engine.tensor_parallel_size > engine.num_gpus:
+        raise ConfigError(
+            f"{engine.model}: tensor_parallel_size {engine.tensor_parallel_size} needs num_gpus >= "
+            f"{engine.tensor_parallel_size} per actor (got {engine.num_gpus})"
+        )
+    res: dict[str, Any] = {"num_cpus": engine.num_cpus}
+    if engine.num_gpus > 0:
+        res["num_gpus"] = engine.num_gpus
+    return res
+
+
+def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str | None = None):
+    """The lazy Ray Data pipeline over the prepared candidates."""
+    import ray
+
+    rows = [new_row(id=c.id, query=c.query, source=c.source, kind=c.kind, ref_answer=c.ref_answer)
+            for c in candidates]
+    table = to_table(rows)
+    bs = cfg.weak.pool.batch_size
+    ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table])
+    # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
+    # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
+    # (tests/build/test_pipeline.py kills one). Passing them again is deprecated in Ray 2.60.
+    for engine, rounds in weak_stages(cfg):
+        ds = ds.map_batches(
+            WeakThoughts,
+            fn_constructor_kwargs=dict(engine=engine, rounds=rounds, sampling=cfg.weak.sampling,
+                                       prompt=cfg.prompt, fault_file=fault_file),
+            batch_size=cfg.weak.pool.batch_size, batch_format="pyarrow", zero_copy_batch=True,
+            compute=_compute(cfg.weak.pool), **_resources(engine),
+        )
+    ds = ds.map_batches(
+        StrongAnswers,
+        fn_constructor_kwargs=dict(engine=cfg.strong.model, sampling=cfg.strong.sampling,
+                                   icl_path=cfg.strong.icl_examples, num_icl=cfg.strong.num_icl,
+                                   prompt=cfg.prompt, fault_file=fault_file),
+        batch_size=cfg.strong.pool.batch_size, batch_format="pyarrow",
+        compute=_compute(cfg.strong.pool), **_resources(cfg.strong.model),
+    )
+    cons = cfg.consistency
+    if cons.method == "embedding":
+        ds = ds.map_batches(
+            EmbeddingConsistency,
+            fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold,
+                                       fault_file=fault_file),
+            batch_size=cons.pool.batch_size, batch_format="pyarrow",
+            compute=_compute(cons.pool), num_cpus=cons.num_cpus,
+        )
+    elif cons.method == "judge":
+        judge = cons.judge or cfg.strong.model
+        ds = ds.map_batches(
+            JudgeConsistency,
+            fn_constructor_kwargs=dict(engine=judge, threshold=cons.threshold,
+                                       max_tokens=cons.judge_max_tokens, fault_file=fault_file),
+            batch_size=cons.pool.batch_size, batch_format="pyarrow",
+            compute=_compute(cons.pool), **_resources(judge),
+        )
+    return ds
+
+
+def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, Any]:
+    """The DESIGN.md record of a finished pipeline row (validated by records.Record)."""
+    ptr = row["kind"] == "ptr"
+    from_reference = not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"]
+    weak_names = sorted({e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index)
+    meta: dict[str, Any] = {"run": run_id}
+    if ptr:
+        meta.update(weak_tokens=row["weak_tokens"], weak_finish=row["weak_finish"],
+                    icl_examples=row["icl_used"])
+    if not from_reference:
+        meta.update(strong_tokens=row["strong_tokens"], strong_finish=row["strong_finish"])
+    else:
+        meta["answer_from"] = "reference"
+    rec = Record(
+        id=row["id"], query=row["query"], thoughts=row["thoughts"] if ptr else [], answer=row["answer"],
+        kind=row["kind"], source=row["source"] or "",
+        weak_model=",".join(weak_names) if ptr else None,
+        strong_model=None if from_reference else cfg.strong.model.model,
+        consistency=row["consistency"], meta=meta,
+    )
+    return rec.model_dump(mode="json")
+
+
+class _Tally:
+    """Token and time totals over every generated row (written or rejected)."""
+
+    def __init__(self, cfg: BuildConfig) -> None:
+        self.round_models = [e.model for e, r in weak_stages(cfg) for _ in range(r)]
+        self.tokens: dict[str, dict[str, dict[str, int]]] = defaultdict(
+            lambda: defaultdict(lambda: {"prompt": 0, "generated": 0, "cached": 0, "calls": 0}))
+        self.busy = {"weak": 0.0, "strong": 0.0, "consistency": 0.0}
+        self.strong_model = cfg.strong.model.model
+        self.judge_model = (cfg.consistency.judge or cfg.strong.model).model
+        self.consistency: list[float] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        for t, n in enumerate(row["weak_tokens"]):
+            model = self.round_models[t] if t < len(self.round_models) else "?"
+            d = self.tokens["weak"][model]
+            d["generated"] += n
+            d["prompt"] += row["weak_prompt_tokens"][t]
+            d["cached"] += row["weak_cached_tokens"][t]
+            d["calls"] += 1
+        if row["strong_tokens"]:
+            d = self.tokens["strong"][self.strong_model]
+            d["generated"] += row["strong_tokens"]
+            d["prompt"] += row["strong_prompt_tokens"]
+            d["cached"] += row["strong_cached_tokens"]
+            d["calls"] += 1
+        if row["judge_tokens"]:
+            d = self.tokens["judge"][self.judge_model]
+            d["generated"] += row["judge_tokens"]
+            d["calls"] += 1
+        self.busy["weak"] += row["t_weak"] or 0.0
+        self.busy["strong"] += row["t_strong"] or 0.0
+        self.busy["consistency"] += row["t_consistency"] or 0.0
+        if row["consistency"] is not None:
+            self.consistency.append(row["consistency"])
+
+    def token_stats(self) -> dict[str, Any]:
+        return {role: {m: dict(v) for m, v in by_model.items()} for role, by_model in self.tokens.items()}
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return {"n": len(v), "mean": sum(v) / len(v), "min": v[0], "median": v[len(v) // 2], "max": v[-1]}
+
+
+def run_build(cfg: BuildConfig) -> Path:
+    """Build (or resume) the dataset folder ``cfg.output.path``; returns its path."""
+    t_start = time.time()
+    out = Path(cfg.output.path).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BuildError(f"another build is writing to {out} (lock {out / '.build.lock'})") from None
+    try:
+        return _run_locked(cfg, out, t_start)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
+    from transformers import AutoTokenizer
+
+    from ptr_ray.data.clean import tokenizer_counter
+    from ptr_ray.models import resolve_model
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    existing = output.scan(out)
+    if existing.record_ids:
+        log.info("resuming into %s: %d records already written, %d final rejects",
+                 out, len(existing.record_ids), len(existing.final_reject_ids))
+    dump_config(cfg, out / "config.yaml")
+    rejects = output.RejectLog(out, run_id, existing.reject_keys)
+    seconds: dict[str, float] = {}
+    stats: dict[str, Any] = {"run_id": run_id, "status": "running"}
+    writer: output.ShardWriter | None = None
+    tally = _Tally(cfg)
+    written_ids: set[str] = set(existing.record_ids)
+    kinds = {"ptr": 0, "sft": 0}
+    prepared = None
+    seen = 0
+    try:
+        t0 = time.time()
+        tok = AutoTokenizer.from_pretrained(resolve_model(cfg.weak.models[0].model))
+        seconds["tokenizer"] = time.time() - t0
+        prepared = prepare(cfg, tokenizer_counter(tok), existing, rejects)
+        seconds.update(prepared.seconds)
+        seconds["prepare_total"] = time.time() - t0
+        writer = output.ShardWriter(out, run_id, cfg.output.format, cfg.output.rows_per_shard)
+        if prepared.candidates:
+            t1 = time.time()
+            started = init_ray(cfg.ray)
+            seconds["ray_init"] = time.time() - t1
+            try:
+                import ray
+
+                ctx = ray.data.DataContext.get_current()
+                ctx.enable_progress_bars = True
+                t2 = time.time()
+                ds = build_dataset(cfg, prepared.candidates, os.environ.get(FAULT_ENV))
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    good = []
+                    for row in batch.cast(SCHEMA).to_pylist():
+                        seen += 1
+                        tally.add(row)
+                        if row["reject"]:
+                            rejects.add("generate", row["reject"], source=row["source"] or "", id=row["id"],
+                                        query=row["query"], detail=row["reject_detail"] or "",
+                                        thoughts=row["thoughts"], answer=row["answer"],
+                                        consistency=row["consistency"])
+                        elif row["id"] in written_ids:  # a retried batch delivered twice
+                            rejects.add("write", "duplicate_id", source=row["source"] or "", id=row["id"],
+                                        query=row["query"])
+                        else:
+                            good.append(to_record(row, cfg, run_id))
+                            written_ids.add(row["id"])
+                            kinds[row["kind"]] += 1
+                    writer.write(good)
+                    rejects.flush()
+                seconds["generate_wall"] = time.time() - t2
+                try:
+                    (out / "ray_data_stats.txt").write_text(ds.stats())
+                except Exception:  # stats text is a nicety; never fail a finished run on it
+                    log.debug("no Ray Data stats", exc_info=True)
+            finally:
+                if started:
+                    ray.shutdown()
+        stats["status"] = "finished"
+    except BaseException:
+        stats["status"] = "interrupted"
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        rejects.close()
+        seconds.update({f"{k}_busy": v for k, v in tally.busy.items()})
+        seconds["total"] = time.time() - t_start
+        rows_in = prepared.rows_in if prepared else 0
+        skipped = prepared.skipped_existing if prepared else 0
+        rows_out = writer.rows if writer else 0
+        stats.update({
+            "rows_in": rows_in,
+            "rows_out": rows_out,
+            "rows_out_by_kind": kinds,
+            "skipped_existing": skipped,
+            "dropped": dict(sorted(rejects.counts.items())),
+            "dropped_total": rejects.total,
+            "dropped_by_stage": rejects.by_stage,
+            # candidates that never came back from the pipeline (an interrupted run)
+            "pending": len(prepared.candidates) - seen if prepared else 0,
+            "tokens": tally.token_stats(),
+            "consistency": _summary(tally.consistency),
+            "wall_time_s": {k: round(v, 3) for k, v in seconds.items()},
+            "files": writer.files if writer else [],
+            "decontamination_ngrams": prepared.decontamination_ngrams if prepared else 0,
+            "repaired_files": existing.repaired,
+        })
+        stats["balanced"] = rows_in == rows_out + rejects.total + skipped + stats["pending"]
+        output.write_stats(out, stats)
+        output.update_meta(out, run_id, {
+            "weak_models": [m.model for m in cfg.weak.models],
+            "strong_model": cfg.strong.model.model,
+            "num_thoughts": cfg.weak.num_thoughts,
+            "refine_instruction": cfg.prompt.refine_instruction,
+            "run": {"status": stats["status"], "rows_out": rows_out},
+        })
+    if not stats["balanced"]:
+        raise BuildError(f"stats do not add up (see {out / 'stats.json'}); this is a bug")
+    gen_errors = rejects.counts.get("generation_error", 0)
+    if gen_errors and stats["rows_out"] == 0:
+        raise BuildError(f"every generation failed ({gen_errors} rows); see {out / 'rejects.jsonl'}")
+    log.info("build %s: %d rows in, %d written (%d ptr, %d sft), %d dropped %s, %d already there; %.1fs",
+             stats["status"], stats["rows_in"], stats["rows_out"], kinds["ptr"], kinds["sft"],
+             stats["dropped_total"], stats["dropped"], stats["skipped_existing"], seconds["total"])
+    return out

@@ -1,0 +1,59 @@
+"""build-check's small scorer and statistics (the model runs are in the integration tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptr_ray.build.check import extract_letter, extract_number, score, wilcoxon_greater, wilson
+from ptr_ray.data.benchmarks import BenchmarkItem
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The answer is B. Because...", "B"),
+    ("A plant needs light to grow.", None),  # the article, not option A
+    ("A. Water\nbecause", "A"),
+    ("the answer is a bit unclear, maybe (C)", "C"),
+    ("**D**", "D"),
+    ("I pick option C.", "C"),
+    ("\\boxed{B}", "B"),
+    ("The answer is E", None),  # only 4 options
+])
+def test_extract_letter(text, want):
+    assert extract_letter(text, 4) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    ("so 3 + 4 = 7. The answer is 1,234.", 1234.0),
+    ("First 12, then \\boxed{42}", 42.0),
+    ("#### 7", 7.0),
+    ("3 apples and 5 pears", 5.0),
+    ("The answer is $18.50.", 18.5),
+    ("no numbers", None),
+])
+def test_extract_number(text, want):
+    assert extract_number(text) == want
+
+
+def test_score_items():
+    mc = BenchmarkItem("1", "arc_challenge", "Q?", "C", ["a", "b", "c", "d"])
+    math = BenchmarkItem("2", "gsm8k", "Q?", "72")
+    assert score(mc, "The answer is C.") == 1 and score(mc, "The answer is A.") == 0
+    assert score(math, "... The answer is 72.") == 1 and score(math, "The answer is 71") == 0
+
+
+def test_wilson_interval():
+    lo, hi = wilson(0, 20)
+    assert lo == 0.0 and 0.1 < hi < 0.2
+    lo, hi = wilson(10, 20)
+    assert lo < 0.5 < hi
+    assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_wilcoxon_direction_and_ties():
+    strong = [1] * 15 + [0] * 5
+    weak = [0] * 15 + [0] * 5
+    r = wilcoxon_greater(strong, weak)
+    assert r["p_value"] < 0.001 and r["n_discordant"] == 15
+    assert wilcoxon_greater(weak, strong)["p_value"] > 0.99
+    tie = wilcoxon_greater([1, 0, 1], [1, 0, 1])
+    assert tie["p_value"] == 1.0 and tie["statistic"] is None

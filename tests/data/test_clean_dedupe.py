@@ -1,0 +1,93 @@
+"""Cleaning, exact/near dedupe, decontamination and the SFT split."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptr_ray.data.clean import Cleaner, clean_text
+from ptr_ray.data.decontaminate import NgramDecontaminator
+from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
+from ptr_ray.data.mix import is_sft
+
+
+def test_clean_text_strips_urls_images_controls():
+    raw = ("Look at ![cat](http://x.com/cat.png) and <img src='a.png'/> here:\x00 "
+           "https://example.com/a?b=1   now\u200b.\r\n\r\n\r\n\r\nSee [docs](https://d.io) too.\tok")
+    out = clean_text(raw)
+    assert "http" not in out and "img" not in out and "cat.png" not in out
+    assert "\x00" not in out and "\u200b" not in out
+    assert out == "Look at and here: now.\n\nSee docs too. ok"
+
+
+def test_clean_keeps_code_newlines_and_indentation():
+    assert clean_text("Fix this:\n\ndef f(x):   \n    return  x\n") == "Fix this:\n\ndef f(x):\n    return x"
+    assert clean_text("  a\n \n\n\n b") == "a\n\n b"
+
+
+def test_cleaner_token_limits():
+    words = lambda s: len(s.split())  # noqa: E731 - a stand-in tokenizer
+    c = Cleaner(words, min_tokens=2, max_tokens=5)
+    assert c("hi").reason == "too_short"
+    assert c("one two three four five six").reason == "too_long"
+    assert c("https://only.a.url").reason == "empty_after_clean"
+    r = c("a fine   question here")
+    assert r.reason is None and r.text == "a fine question here" and r.tokens == 4
+    with pytest.raises(ValueError):
+        Cleaner(words, min_tokens=9, max_tokens=3)
+
+
+def test_exact_dedupe_normalizes_case_and_space():
+    d = ExactDeduper()
+    assert d.add("What is  Ray?")
+    assert not d.add("what is ray?")
+    assert d.add("What is Ray Data?")
+    seeded = ExactDeduper(existing_ids=d.ids)
+    assert not seeded.add("WHAT IS RAY?")
+
+
+def test_near_dedupe_catches_small_edits_only():
+    d = NearDeduper(threshold=0.7, num_perm=128, shingle_size=3)
+    base = ("Write a short poem about the ocean at night, with waves and stars and a lonely "
+            "lighthouse keeper who waits for ships to come home")
+    assert d.check_and_add(base) is None
+    assert d.check_and_add(base.replace("short", "brief")) is not None
+    assert d.check_and_add("Explain how a transformer language model uses attention to "
+                           "weigh the tokens of its context window") is None
+
+
+def test_decontaminator_long_and_short_references():
+    refs = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+        "clips in May. How many clips did Natalia sell altogether in April and May?",
+        "Which gas do plants absorb from the air?",  # 8 words: one short n-gram
+        "Too short.",  # below min_words: ignored
+    ]
+    d = NgramDecontaminator(refs, n=13, min_words=8)
+    assert d.contaminated("Hey! natalia sold clips to 48 of her friends in april, and then she "
+                          "sold half as many clips in may. Please solve.")
+    assert d.contaminated("Quick quiz: which gas do plants absorb from the air? Thanks")
+    assert not d.contaminated("Natalia sold clips to 48 of her friends in April.")  # 10 words
+    assert not d.contaminated("Too short.")
+    assert not d.contaminated("")
+    assert not NgramDecontaminator([]).contaminated("anything at all here")
+
+
+def test_decontaminator_with_packaged_eval_sets():
+    from ptr_ray.data.benchmarks import decontamination_texts, load_task
+
+    d = NgramDecontaminator(decontamination_texts(["gsm8k"]))
+    q = load_task("gsm8k", limit=1)[0].question
+    assert d.contaminated("Please help with my homework: " + q)
+    assert not d.contaminated("Write a haiku about autumn leaves falling on a quiet pond in Kyoto "
+                              "while a monk sweeps the path")
+
+
+def test_sft_split_is_deterministic_and_near_fraction():
+    ids = [f"{i:016x}" for i in range(4000)]
+    picked = [i for i in ids if is_sft(i, 0.25)]
+    assert picked == [i for i in ids if is_sft(i, 0.25)]
+    assert 0.22 < len(picked) / len(ids) < 0.28
+    assert not any(is_sft(i, 0.0) for i in ids[:100])
+    assert all(is_sft(i, 1.0) for i in ids[:100])
+    with pytest.raises(ValueError):
+        is_sft("x", 1.5)
