@@ -52,7 +52,9 @@ def test_vllm_generates(source, tiny_model_dir):
         greedy = SamplingConfig(max_tokens=24)
         a = eng.generate([CONV], greedy)[0]
         assert a.text == eng.generate([CONV], greedy)[0].text
-        assert a.text.strip()
+        assert a.completions[0].tokens > 0
+        if source != "tiny":  # a random tiny model may well emit only whitespace
+            assert a.text.strip()
         # A repeated long prompt is served from the prefix cache (in whole KV blocks).
         long = [{"role": "user", "content": "Count with me: one two three four five. " * 25}]
         first, again = eng.generate([long], greedy)[0], eng.generate([long], greedy)[0]

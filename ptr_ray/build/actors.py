@@ -44,6 +44,8 @@ def maybe_die(fault_file: str | None) -> None:
     except FileNotFoundError:
         return
     log.warning("fault injection: killing actor process %d", os.getpid())
+    with open(fault_file + ".killed", "w") as f:  # lets the test check the victim is gone
+        f.write(str(os.getpid()))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -74,7 +76,6 @@ class _EngineStage:
                  time.time() - t0, os.getpid())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        maybe_die(self.fault_file)
         rows = batch.to_pylist()
         t0 = time.time()
         todo = [r for r in rows if r["reject"] is None and self.wants(r)]
@@ -87,6 +88,9 @@ class _EngineStage:
                     if r["reject"] is None:
                         _reject(r, "generation_error", f"{type(e).__name__}: {e}")
             share_time(todo, self.time_column, time.time() - t0)
+        # The fault hook fires after the work and before the result is returned: the worst
+        # moment, since the batch's generations are lost and must be redone by the retry.
+        maybe_die(self.fault_file)
         return to_table(rows)
 
     def wants(self, row: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem, last_boxed, package_dir
+from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem, package_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ Items come from :mod:`ptr_ray.data.benchmarks` (the packaged sets that decontami
 reads) or from a user's own JSONL file. The prompt is round 1's query; later rounds add only
 the refine instruction (:mod:`ptr_ray.prompts`), so every method sees the same conversation.
 
-Multiple-choice prompts list the options with letters and ask for "The answer is X" *first*:
+Multiple-choice prompts list the options with letters and ask for "The answer is" and the
+letter *first*:
 small models otherwise spend their token budget on an explanation and are cut off before
 they ever name a letter (ENVIRONMENT.md measured 57/60 such replies at 64 tokens).
 """
@@ -21,13 +22,14 @@ from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem
 
 log = logging.getLogger(__name__)
 
+# No literal placeholder ("The answer is X"): SmolLM2-135M copies it verbatim.
 MC_INSTRUCTION = (
-    'Answer with the letter of the correct option. Begin your reply with "The answer is X", '
-    "where X is that letter, then explain briefly."
+    'Begin your reply with "The answer is" followed by the letter of the correct option '
+    "({letters}), then explain briefly."
 )
 MATH_INSTRUCTION = (
-    "Solve the problem step by step. End with a last line of the form "
-    '"The answer is N", where N is the final number.'
+    'Solve the problem step by step. End with a last line "The answer is" followed by the '
+    "final number."
 )
 LATEX_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
 
@@ -53,6 +55,13 @@ class TaskError(ValueError):
     """An eval task that cannot be used (unknown name, unreadable file, name clash)."""
 
 
+def mc_instruction(n: int) -> str:
+    """The answer-first instruction naming the valid letters ("A, B, C or D")."""
+    letters = list(LETTERS[: max(1, n)])
+    named = letters[0] if len(letters) == 1 else ", ".join(letters[:-1]) + " or " + letters[-1]
+    return MC_INSTRUCTION.format(letters=named)
+
+
 def format_options(choices: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
 
@@ -75,7 +84,7 @@ class EvalTask:
         if self.template:
             return self.template.format(question=item.question, options=options)
         if self.kind == "multiple_choice":
-            return f"{item.question}\n\n{options}\n\n{MC_INSTRUCTION}"
+            return f"{item.question}\n\n{options}\n\n{mc_instruction(len(item.choices or []))}"
         if self.kind == "math":
             instr = LATEX_INSTRUCTION if self.name == "math500" else MATH_INSTRUCTION
             return f"{item.question}\n\n{instr}"

@@ -211,3 +211,42 @@ def test_eval_gpu_engine_fits(cluster):
     ev = _gpu_config("jobs/configs/eval_gpu.yaml")
     assert (ev.get("engine") or {}).get("num_gpus", 0) <= per_node
     assert (ev.get("ray") or {}).get("address") == "auto", "a job must join the cluster"
+
+
+GPU_CONFIGS = ("jobs/configs/pipeline_gpu.yaml", "jobs/configs/build_gpu.yaml",
+               "jobs/configs/train_gpu.yaml", "jobs/configs/eval_gpu.yaml",
+               "serve_configs/gpu.yaml")
+
+
+def mnt_paths(node: object) -> list[str]:
+    """Every absolute /mnt/... string in a parsed config (where a stage reads or writes)."""
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in mnt_paths(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in mnt_paths(v)]
+    return [node] if isinstance(node, str) and node.startswith("/mnt/") else []
+
+
+def under(path: str, mounts: set[str]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_gpu_config_paths_are_on_shared_storage(cluster, name):
+    """A path a GPU config uses must be a mount every container has: else a multi-node job
+    writes checkpoints or results to one node's container disk, where nobody finds them."""
+    path = REPO / name
+    if not path.is_file():
+        pytest.skip(f"{name} does not exist yet")
+    mounts = {opt.split()[1].split(":")[1] for opt in cluster["docker"]["run_options"]
+              if opt.startswith("-v ")}
+    bad = [p for p in mnt_paths(yaml.safe_load(path.read_text())) if not under(p, mounts)]
+    assert not bad, f"{name}: {bad} are outside the cluster's shared mounts {sorted(mounts)}"
+
+
+def test_smoke_gpu_config_loads_and_fits(cluster):
+    from ptr_ray.config import SmokeConfig, load_config
+
+    cfg = load_config(SmokeConfig, REPO / "jobs/configs/smoke_gpu.yaml")
+    per_node, _ = _gpu_capacity(cluster)
+    assert cfg.engine.backend == "vllm" and 1 <= cfg.engine.num_gpus <= per_node

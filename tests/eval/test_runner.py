@@ -97,7 +97,10 @@ def test_mc_prompt_lists_lettered_options_and_asks_letter_first():
     item = load_task("arc_challenge", 1)[0]
     p = EvalTask("arc_challenge", "multiple_choice", [item]).prompt(item)
     assert item.question in p and "A. " + item.choices[0] in p
-    assert 'Begin your reply with "The answer is X"' in p
+    n = len(item.choices)
+    assert f'Begin your reply with "The answer is" followed by the letter of the correct option' in p
+    assert ("(A, B, C or D)" if n == 4 else f"or {'ABCDE'[n - 1]})") in p
+    assert "answer is X" not in p  # a placeholder small models copy verbatim
 
 
 def test_resume_skips_finished_and_recomputes_changed(tmp_path):
@@ -257,3 +260,39 @@ def test_hf_engine_end_to_end(tmp_path, tiny_model_dir):
     rows = report.summary()
     assert all(r.n == 2 and 0.0 <= r.accuracy <= 1.0 for r in rows)
     assert all(r.mean_tokens <= 8 for r in rows)
+
+
+def test_every_packaged_task_has_prompt_and_metric(tmp_path):
+    from ptr_ray.data.benchmarks import task_names
+    from ptr_ray.eval.tasks import load_tasks
+
+    cfg = _cfg(tmp_path, tasks=task_names(), limit=2)
+    tasks = load_tasks(cfg)
+    assert [t.name for t in tasks] == task_names()
+    for t in tasks:
+        assert len(t.items) == 2 and t.metric_names()
+        for item in t.items:
+            p = t.prompt(item)
+            assert item.question[:40] in p
+            if t.kind == "multiple_choice":
+                assert item.answer in "ABCDE"[: len(item.choices)] and "The answer is" in p
+    math500 = next(t for t in tasks if t.name == "math500")
+    assert "\\boxed{}" in math500.prompt(math500.items[0])
+    # the seeded sample is the same every time (resume and method comparisons rely on it)
+    assert [i.id for i in load_tasks(cfg)[0].items] == [i.id for i in tasks[0].items]
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from ptr_ray.eval.runner import preflight
+
+    root = Path(__file__).parents[2] / "jobs" / "configs"
+    gpu = load_config(EvalConfig, root / "eval_gpu.yaml")
+    assert [m.name for m in gpu.methods] == ["base", "ift", "ptr"] and gpu.ray is not None
+    assert gpu.engine.num_gpus == 1
+    local = load_config(EvalConfig, root / "eval_local.yaml")
+    assert local.rounds == 3 and local.tasks == ["gsm8k", "arc_challenge"]
+    engines, tasks = preflight(local)  # builtins resolve, items load: ready to run
+    assert [e.model for e in engines] == ["builtin:smollm2-135m", "builtin:qwen2.5-coder-0.5b"]
+    assert [len(t.items) for t in tasks] == [20, 20]

@@ -1,0 +1,171 @@
+"""The whole build: Ray Data + engine actor pools, a killed actor, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from ptr_ray.build.actors import FAULT_ENV
+from ptr_ray.build.pipeline import BuildError, run_build, weak_stages
+from ptr_ray.cli import main as cli_main
+from ptr_ray.config import BuildConfig
+from ptr_ray.records import read_records
+
+TOPICS = [
+    "bake sourdough bread with a young starter", "choose a first telescope for planets",
+    "train a puppy to walk on a loose leash", "plan a three day trip to Lisbon in spring",
+    "write a cover letter for a junior data analyst job", "repair a slow leaking bicycle tyre",
+    "explain compound interest to a teenager", "set up a small aquarium for shrimp",
+    "learn basic chords on an acoustic guitar", "reduce food waste in a shared kitchen",
+    "prepare for a first half marathon", "grow basil on a north facing windowsill",
+    "compare SQL joins with a short example", "organise a charity book swap at work",
+    "pick a laptop for video editing under a budget", "start journaling and keep the habit",
+]
+
+
+def write_queries(path: Path, n: int = len(TOPICS), bad: bool = True) -> int:
+    """``n`` good queries (plus four broken rows); returns the number of good ones."""
+    with open(path, "wb") as f:
+        for i, topic in enumerate(TOPICS[:n]):
+            f.write(json.dumps({"instruction": f"How do I {topic}? Please give practical steps."}).encode() + b"\n")
+            if bad and i == 2:
+                f.write(b'{"instruction": "torn\n')
+                f.write(b'{"instruction": "caf\xe9 au lait?"}\n')
+                f.write(b'{"text": "no instruction field"}\n')
+                f.write(b'{"instruction": ""}\n')
+    return n
+
+
+def make_cfg(tmp_path: Path, model_dir: Path, backend: str, src: Path, out: Path, **over) -> BuildConfig:
+    engine = {"model": str(model_dir), "backend": backend, "dtype": "float32", "max_model_len": 1024,
+              "kv_cache_gib": 1, "num_cpus": 1}
+    data = {
+        "sources": [{"kind": "jsonl", "path": str(src), "field": "instruction"}],
+        "clean": {"min_tokens": 3, "max_tokens": 300},
+        "dedupe": {"threshold": 0.9},
+        "weak": {"models": [engine], "num_thoughts": 2,
+                 "sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 12},
+                 "pool": {"batch_size": 4}},
+        "strong": {"model": engine, "sampling": {"temperature": 0.8, "max_tokens": 12}, "num_icl": 1,
+                   "pool": {"batch_size": 4}},
+        "consistency": {"method": "embedding", "threshold": 0.05, "pool": {"batch_size": 8}},
+        "sft": {"fraction": 0.2},
+        "output": {"path": str(out), "format": "jsonl", "rows_per_shard": 5},
+    }
+    for key, val in over.items():
+        data[key] = {**data.get(key, {}), **val} if isinstance(val, dict) else val
+    return BuildConfig.model_validate(data)
+
+
+def read_rejects(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+
+
+def check_exactly_once(out: Path, n_good: int) -> tuple[list, list]:
+    """Every good query is either one record or one generation-stage reject, never both/twice."""
+    records = read_records(out)
+    ids = [r.id for r in records]
+    assert len(ids) == len(set(ids)), "duplicate record ids"
+    gen = [e for e in read_rejects(out) if e["stage"] == "generate"]
+    gen_ids = [e["id"] for e in gen]
+    assert len(gen_ids) == len(set(gen_ids)) and not set(gen_ids) & set(ids)
+    assert len(ids) + len(gen_ids) == n_good
+    return records, gen
+
+
+def test_weak_stage_plan():
+    one = BuildConfig.model_validate({"weak": {"num_thoughts": 3}})
+    assert [(e.model, r) for e, r in weak_stages(one)] == [("builtin:smollm2-135m", 3)]
+    two = BuildConfig.model_validate({"weak": {"num_thoughts": 3, "models": [{"model": "a"}, {"model": "b"}]}})
+    assert [(e.model, r) for e, r in weak_stages(two)] == [("a", 1), ("b", 1), ("a", 1)]
+
+
+def test_cli_reports_bad_source_in_one_line(tmp_path, tiny_model_dir, capsys):
+    rc = cli_main(["build", f"weak.models=[{{model: {tiny_model_dir}}}]",
+                   "sources=[{kind: jsonl, path: /nonexistent/q.jsonl}]", f"output.path={tmp_path / 'o'}"])
+    assert rc == 2
+    assert "query file not found: /nonexistent/q.jsonl" in capsys.readouterr().err
+
+
+def test_lock_prevents_concurrent_runs(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "q.jsonl"
+    write_queries(src, 2, bad=False)
+    cfg = make_cfg(tmp_path, tiny_model_dir, "hf", src, out)
+    with FileLock(str(out / ".build.lock")):
+        with pytest.raises(BuildError, match="another build is writing"):
+            run_build(cfg)
+
+
+@pytest.mark.integration
+def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny_model_dir, tmp_path, monkeypatch):
+    src, out = tmp_path / "q.jsonl", tmp_path / "out"
+    n_good = write_queries(src)
+    fault = tmp_path / "kill-one-actor"
+    fault.write_text("")
+    monkeypatch.setenv(FAULT_ENV, str(fault))
+    cfg = make_cfg(tmp_path, tiny_model_dir, "vllm", src, out)
+    run_build(cfg)
+
+    # one actor claimed the fault file, wrote its pid and SIGKILLed itself mid-run
+    assert not fault.exists()
+    victim = int(Path(str(fault) + ".killed").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(victim, 0)
+
+    records, gen_rejects = check_exactly_once(out, n_good)
+    assert records, "the tiny model should get some rows through a 0.05 consistency bar"
+    for r in records:
+        assert r.weak_model is None if r.kind == "sft" else r.weak_model == str(tiny_model_dir)
+        assert len(r.thoughts) == (0 if r.kind == "sft" else 2)
+        assert r.answer.strip() and r.meta["run"]
+        if r.kind == "ptr":
+            assert r.consistency is not None and r.consistency >= 0.05
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["balanced"] and stats["rows_in"] == n_good + 4
+    assert stats["rows_out"] == len(records)
+    assert stats["dropped_by_stage"]["read"] == {"malformed_json": 1, "not_utf8": 1, "missing_field": 1,
+                                                 "empty_query": 1}
+    assert stats["tokens"]["weak"][str(tiny_model_dir)]["generated"] > 0
+    assert stats["tokens"]["strong"][str(tiny_model_dir)]["generated"] > 0
+    assert stats["wall_time_s"]["weak_busy"] > 0 and stats["wall_time_s"]["strong_busy"] > 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["format_version"] == 1 and len(meta["runs"]) == 1
+
+    # a finished run, re-run: nothing new in the data or the rejects log
+    monkeypatch.delenv(FAULT_ENV)
+    data_before = sorted((p.name, p.stat().st_size) for p in (out / "data").iterdir())
+    rejects_before = (out / "rejects.jsonl").read_text()
+    run_build(cfg)
+    assert sorted((p.name, p.stat().st_size) for p in (out / "data").iterdir()) == data_before
+    assert (out / "rejects.jsonl").read_text() == rejects_before
+    stats2 = json.loads((out / "stats.json").read_text())
+    assert stats2["rows_out"] == 0 and stats2["skipped_existing"] == n_good and stats2["balanced"]
+    assert len(stats2["previous_runs"]) == 1
+
+
+@pytest.mark.integration
+def test_resume_processes_only_new_queries(ray_local, tiny_model_dir, tmp_path):
+    """A first run over 6 queries, then one over all 16 into the same folder (Parquet shards,
+    transformers engines to keep it quick): the second run generates only the 10 new ones."""
+    src, out = tmp_path / "q.jsonl", tmp_path / "out"
+    write_queries(src, bad=False)
+    base = dict(output={"format": "parquet"}, consistency={"method": "none"}, sft={"fraction": 0.0})
+    cfg1 = make_cfg(tmp_path, tiny_model_dir, "hf", src, out, sources=[
+        {"kind": "jsonl", "path": str(src), "field": "instruction", "limit": 6}], **base)
+    run_build(cfg1)
+    first = {r.id for r in read_records(out)}
+    cfg2 = make_cfg(tmp_path, tiny_model_dir, "hf", src, out, **base)
+    run_build(cfg2)
+    records, _ = check_exactly_once(out, len(TOPICS))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["skipped_existing"] == len(first) + sum(
+        1 for e in read_rejects(out) if e["stage"] == "generate" and e["run"] == stats["previous_runs"][0]["run_id"])
+    assert stats["rows_in"] == len(TOPICS) and stats["balanced"]
+    assert all(p.suffix == ".parquet" for p in (out / "data").iterdir())
+    assert {r.id for r in records} >= first

@@ -1,0 +1,242 @@
+"""The real serving path: Ray Serve + FastAPI ingress + vLLM engine deployment (tiny model).
+
+One application is deployed for the module (about 30 s to start); tests share it and the
+replica-kill test runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from ptr_ray.config import ServeConfig
+from ptr_ray.serve.client import iter_sse, refine_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+APP = "ptr-serve-test"
+# ~250 tokens for the tiny tokenizer: round 1's prompt fills at least one 128-token KV block,
+# so later rounds must find it in the prefix cache.
+LONG_QUERY = "The quick brown fox jumps over the lazy dog. " * 25 + "What is 2+2?"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_model_dir):
+    from ray import serve
+
+    from ptr_ray.serve.app import build_application
+
+    port = _free_port()
+    cfg = ServeConfig.model_validate({
+        "engine": {"model": str(tiny_model_dir), "dtype": "float32", "max_model_len": 1024,
+                   "max_num_seqs": 16},
+        "host": "127.0.0.1", "port": port, "app_name": APP, "model_name": "tiny",
+        "max_rounds": 8, "max_tokens_cap": 512, "default_max_tokens": 32,
+        # Small ingress limits so the overload test can fill them with a handful of requests.
+        "ingress_deployment": {"max_ongoing_requests": 4, "max_queued_requests": 2,
+                               "ray_actor_options": {"num_cpus": 0.5,
+                                                     "runtime_env": {"env_vars": {"PTR_API_KEY": KEY}}}},
+        "engine_deployment": {"max_ongoing_requests": 64, "max_queued_requests": 64,
+                              "health_check_period_s": 2, "health_check_timeout_s": 30},
+    })
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    t0 = time.time()
+    serve.run(build_application(cfg), name=APP, route_prefix="/")
+    print(f"serve app ready in {time.time() - t0:.1f}s")
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", cfg=cfg,
+                          engine=serve.get_deployment_handle("PTREngine", app_name=APP))
+    serve.shutdown()
+
+
+def post(server, path, body, timeout=120, headers=AUTH):
+    return httpx.post(server.url + path, json=body, headers=headers, timeout=timeout)
+
+
+def test_health_models_and_auth(server):
+    assert httpx.get(server.url + "/healthz", timeout=30).json()["status"] == "ok"
+    r = httpx.get(server.url + "/v1/models", headers=AUTH, timeout=30)
+    assert r.json()["data"][0]["id"] == "tiny" and r.json()["data"][0]["max_model_len"] == 1024
+    r = post(server, "/v1/refine", {"query": "hi", "rounds": 1}, headers={})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_refine_rounds_use_the_prefix_cache(server):
+    r = post(server, "/v1/refine", {"query": LONG_QUERY, "rounds": 3, "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    rounds = r.json()["rounds"]
+    assert [x["round"] for x in rounds] == [1, 2, 3]
+    assert rounds[0]["prompt_tokens"] >= 128
+    assert rounds[0]["prompt_tokens"] < rounds[1]["prompt_tokens"] < rounds[2]["prompt_tokens"]
+    assert all(x["tokens"] >= 1 and x["finish_reason"] in ("stop", "length") for x in rounds)
+    # the earlier rounds' tokens come from the engine's prefix cache
+    assert rounds[1]["cached_tokens"] >= 128 and rounds[2]["cached_tokens"] >= rounds[1]["cached_tokens"]
+    assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 256
+
+
+def test_refine_stream_deltas_match_rounds(server):
+    with httpx.stream("POST", server.url + "/v1/refine", headers=AUTH, timeout=120,
+                      json={"query": "What is 2+2?", "rounds": 2, "max_tokens": 12, "stream": True}) as r:
+        assert r.status_code == 200
+        evs = list(iter_sse(r.iter_lines()))
+    kinds = [e for e, _ in evs]
+    assert kinds.count("round") == 2 and kinds[-1] == "done" and "delta" in kinds
+    for k in (1, 2):
+        text = "".join(d["text"] for e, d in evs if e == "delta" and d["round"] == k)
+        assert text == next(d["answer"] for e, d in evs if e == "round" and d["round"] == k)
+
+
+def test_stop_when_stable_on_a_repeating_model(server):
+    # greedy decoding of the same random model repeats itself: round 2 == round 1
+    r = post(server, "/v1/refine", {"query": "hello", "rounds": 6, "max_tokens": 8,
+                                    "stop_when_stable": True})
+    body = r.json()
+    answers = [x["answer"] for x in body["rounds"]]
+    assert body["stopped_early"] and body["stop_reason"] == "stable", answers
+    assert len(answers) == 2 and answers[0].strip() == answers[1].strip()
+
+
+def test_openai_client_gets_refined_answer_and_stream(server):
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=120, max_retries=0)
+    resp = oa.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=10, extra_body={"refinement_rounds": 2})
+    assert isinstance(resp.choices[0].message.content, str)
+    assert resp.usage.completion_tokens >= 2 and resp.usage.total_tokens > resp.usage.prompt_tokens
+    assert len(resp.model_extra["refinement"]["rounds"]) == 2
+    assert resp.choices[0].message.content == resp.model_extra["refinement"]["rounds"][-1]["answer"]
+    stream = oa.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                        max_tokens=10, stream=True, extra_body={"refinement_rounds": 2},
+                                        stream_options={"include_usage": True})
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    rounds = [c.model_extra["refinement"] for c in chunks if (c.model_extra or {}).get("refinement")]
+    assert rounds[1]["answer"] == content and chunks[-1].usage.completion_tokens >= 2
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"rounds": 2}, 400, "exactly one of 'query' or 'messages'"),
+    ({"query": ""}, 400, "'query' is empty"),
+    ({"query": "q", "rounds": "x"}, 400, "'rounds'"),
+    ({"query": "q", "rounds": 9}, 400, "at most 8"),
+    ({"query": "q", "rounds": 0}, 400, "'rounds'"),
+    ({"query": "q", "max_tokens": 4096}, 400, "at most 512"),
+    ({"query": "q", "bogus": True}, 400, "unknown field 'bogus'"),
+    ({"query": "The quick brown fox. " * 400}, 400, "the model's context is 1024"),
+    ({"query": "The quick brown fox. " * 400, "stream": True}, 400, "the model's context is 1024"),
+])
+def test_bad_input_gets_a_4xx_over_http(server, body, status, message):
+    r = post(server, "/v1/refine", body, timeout=60)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]["message"]
+
+
+def test_invalid_json_over_http(server):
+    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', timeout=60,
+                   headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_refine_cli_prints_rounds(server, capsys, monkeypatch):
+    monkeypatch.setenv("PTR_API_KEY", KEY)
+    args = SimpleNamespace(query="What is 2+2?", rounds=2, url=server.url, max_tokens=8,
+                           temperature=0.0, api_key=None)
+    assert refine_command(args) == 0
+    out = capsys.readouterr().out
+    assert "── round 1 ──" in out and "── round 2 ──" in out and "final answer after 2 round(s)" in out
+
+
+def _engine_stats(server, prefix=None):
+    return server.engine.stats.remote(prefix).result(timeout_s=30)
+
+
+def test_client_disconnect_cancels_remaining_rounds(server):
+    with httpx.stream("POST", server.url + "/v1/refine", headers=AUTH, timeout=120,
+                      json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400,
+                            "stream": True}) as r:
+        rid = r.headers["x-request-id"]
+        for event, _ in iter_sse(r.iter_lines()):
+            if event == "round":
+                break  # leave mid-way through round 2
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        states = _engine_stats(server, rid)["requests"]
+        if states and "running" not in states.values():
+            break
+        time.sleep(0.5)
+    assert "running" not in states.values(), states
+    assert 1 <= len(states) < 8, states  # the later rounds never started
+    assert "cancelled" in states.values(), states
+    assert _engine_stats(server)["unfinished"] == 0
+
+
+def test_overload_gets_503_quickly(server):
+    async def one(client):
+        t0 = time.time()
+        async with client.stream("POST", server.url + "/v1/refine", headers=AUTH,
+                                 json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400,
+                                       "stream": True}) as r:
+            return r.status_code, time.time() - t0  # leaving closes (and cancels) the stream
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            first = [asyncio.create_task(one(client)) for _ in range(4)]
+            await asyncio.sleep(1.0)  # let them occupy the ingress replica
+            rest = [asyncio.create_task(one(client)) for _ in range(10)]
+            return await asyncio.gather(*rest), await asyncio.gather(*first)
+
+    rest, first = asyncio.run(burst())
+    statuses = [s for s, _ in rest]
+    assert all(s == 200 for s, _ in first), first
+    assert set(statuses) <= {200, 503}, statuses
+    rejected = [dt for s, dt in rest if s == 503]
+    assert len(rejected) >= 4, statuses  # 4 ongoing + 2 queued fit; the rest are turned away
+    assert max(rejected) < 5.0, rejected
+    # and the server is fine afterwards
+    assert post(server, "/v1/refine", {"query": "q", "rounds": 1, "max_tokens": 4}).status_code == 200
+
+
+def test_killed_engine_replica_is_replaced(server):
+    import psutil
+
+    old_pid = server.engine.pid.remote().result(timeout_s=30)
+    children = psutil.Process(old_pid).children(recursive=True)
+    os.kill(old_pid, signal.SIGKILL)
+    statuses = []
+    deadline = time.time() + 240
+    new_pid = None
+    while time.time() < deadline:
+        try:
+            r = post(server, "/v1/refine", {"query": "q", "rounds": 2, "max_tokens": 4}, timeout=60)
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                new_pid = server.engine.pid.remote().result(timeout_s=30)
+                if new_pid != old_pid:
+                    break
+        except httpx.TimeoutException:
+            statuses.append("timeout")
+        time.sleep(1.0)
+    assert new_pid is not None and new_pid != old_pid, statuses
+    assert set(statuses) <= {200, 503}, statuses  # unavailable while replaced, never a 500
+    assert post(server, "/v1/refine", {"query": "again", "rounds": 2, "max_tokens": 4}).status_code == 200
+    # the killed replica's vLLM engine-core processes must not outlive it
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.pid for p in alive]
