@@ -37,7 +37,7 @@ models: setup
 	$(VENV)/bin/ptr-ray models prepare builtin:smollm2-135m builtin:qwen2.5-coder-0.5b
 
 run: setup
-	$(VENV)/bin/ptr-ray run $(ARGS)
+	$(VENV)/bin/ptr-ray run --config jobs/configs/pipeline_local.yaml $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -117,11 +117,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = prefix + ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
+    if not first["loc"] and first["type"] == "value_error":  # a model-level check: its own words
+        return str(first.get("ctx", {}).get("error", first["msg"]))
     got = first.get("input")
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
@@ -620,3 +622,41 @@ class EvalConfig(StrictModel):
 
 
 # --- pipeline -------------------------------------------------------------------------------
+
+
+class PipelineConfig(StrictModel):
+    """``ptr-ray run``: build a dataset, train PTR and IFT models, evaluate base / IFT / PTR.
+
+    Stage sections are the stages' own configs; the pipeline fills in what links them (the
+    dataset folder, each training run's output folder, the evaluated model sources), so a
+    stage run alone and the same stage inside the pipeline behave the same.
+    """
+
+    output_dir: str = Field("runs/pipeline", description="reused: finished stages are skipped")
+    base_model: str = Field("builtin:smollm2-135m", description="model fine-tuned and the Prompt baseline")
+    modes: list[Literal["ptr", "ift"]] = Field(default_factory=lambda: ["ptr", "ift"], min_length=1)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig keys shared by the PTR and IFT runs (model/dataset/output_dir/mode are set by the pipeline)",
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="methods are set by the pipeline")
+    ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=8))
+
+    @model_validator(mode="after")
+    def _check_train(self) -> "PipelineConfig":
+        for key in ("model", "dataset", "output_dir", "mode"):
+            if key in self.train:
+                raise ValueError(f"train.{key} is set by the pipeline; remove it")
+        self.train_config("ptr")  # validate now, before any stage starts
+        return self
+
+    def train_config(self, mode: str) -> "TrainConfig":
+        root = Path(self.output_dir)
+        try:
+            return TrainConfig.model_validate({
+                **self.train, "model": self.base_model, "mode": mode,
+                "dataset": str(root / "dataset"), "output_dir": str(root / f"train-{mode}"),
+            })
+        except ValidationError as e:
+            raise ValueError(_format_error(e, prefix="train.")) from None

@@ -1,0 +1,110 @@
+"""``ptr-ray run``: the whole of PTR in one command (and one ``ray job submit`` on a cluster).
+
+build dataset -> train PTR and IFT -> evaluate base / IFT / PTR over N rounds -> table + plot.
+
+The output folder is reused: a stage whose result is already there is skipped (the dataset's
+``stats.json`` says ``finished``, a training run has exported ``model/``, evaluation reuses its
+per-(method, task) results), and an interrupted stage resumes on its own terms (the build
+skips ids already written, training restarts from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ptr_ray.config import EvalMethod, PipelineConfig, dump_config
+from ptr_ray.records import STATS_FILE, DatasetError, data_files
+
+log = logging.getLogger(__name__)
+
+
+def dataset_finished(folder: Path) -> bool:
+    stats = folder / STATS_FILE
+    if not stats.is_file():
+        return False
+    if json.loads(stats.read_text()).get("status") != "finished":
+        return False
+    try:
+        return bool(data_files(folder))
+    except DatasetError:
+        return False
+
+
+def _stage(n: int, total: int, name: str) -> None:
+    log.info("=" * 20 + f" [{n}/{total}] {name} " + "=" * 20)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
+    """Run (or resume) every stage; returns the paths a user looks at next."""
+    from ptr_ray.build.pipeline import run_build
+    from ptr_ray.eval.runner import run_eval
+    from ptr_ray.ray_utils import init_ray
+    from ptr_ray.train.trainer import run_train
+
+    t0 = time.time()
+    root = Path(cfg.output_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, root / "pipeline_config.yaml")
+    total = 2 + len(cfg.modes)
+    timings: dict[str, float] = {}
+
+    import ray
+
+    started = init_ray(cfg.ray)  # one Ray instance for all stages; each stage reuses it
+    try:
+        # 1. dataset
+        _stage(1, total, "build the refinement dataset (Ray Data + weak/strong vLLM)")
+        dataset = root / "dataset"
+        t = time.time()
+        if dataset_finished(dataset):
+            log.info("dataset %s is finished; reusing it", dataset)
+        else:
+            build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
+                update={"path": str(dataset)})})
+            run_build(build)
+        timings["build"] = time.time() - t
+
+        # 2. training, one run per mode
+        models: dict[str, str] = {}
+        for i, mode in enumerate(cfg.modes, start=2):
+            _stage(i, total, f"train {mode.upper()} (Ray Train + DeepSpeed)")
+            tcfg = cfg.train_config(mode)
+            tcfg = tcfg.model_copy(update={"dataset": str(dataset),
+                                           "output_dir": str(root / f"train-{mode}")})
+            model_dir = Path(tcfg.output_dir) / "model"
+            t = time.time()
+            if (model_dir / "config.json").is_file():
+                log.info("%s model %s exists; reusing it", mode, model_dir)
+            else:
+                run_train(tcfg)
+            models[mode] = str(model_dir)
+            timings[f"train_{mode}"] = time.time() - t
+    finally:
+        if started:
+            ray.shutdown()
+
+    # 3. evaluation: the base model with the refine instruction (the Prompt baseline), then
+    # each trained model, through the same refinement loop.
+    _stage(total, total, "evaluate base / " + " / ".join(m.upper() for m in cfg.modes) + " round by round")
+    methods = [EvalMethod(name="base", model=cfg.base_model)]
+    methods += [EvalMethod(name=mode, model=path) for mode, path in models.items()]
+    ecfg = cfg.eval.model_copy(update={"methods": methods, "output_dir": str(root / "eval")})
+    t = time.time()
+    run_eval(ecfg)
+    timings["eval"] = time.time() - t
+    timings["total"] = time.time() - t0
+
+    (root / "timings.json").write_text(json.dumps(timings, indent=2))
+    ptr_model = models.get("ptr") or next(iter(models.values()))
+    print(f"\nPipeline finished in {timings['total'] / 60:.1f} min "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items() if k != 'total')}).")
+    print(f"  dataset:  {dataset}  (stats.json: rows in/out and drops by reason)")
+    for mode, path in models.items():
+        print(f"  {mode} model: {path}")
+    print(f"  report:   {root / 'eval'}  (report.md, accuracy_by_round.png)")
+    print("Serve the PTR model with N refinement rounds per request:")
+    print(f"  ptr-ray serve --config serve_configs/local.yaml engine.model={ptr_model}")
+    return {"dataset": str(dataset), "eval": str(root / "eval"), **models}
