@@ -268,7 +268,7 @@ class SftMixConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    path: str = "data/ptr-dataset"
+    path: str = "outputs/ptr-dataset"
     format: Literal["jsonl", "parquet"] = "jsonl"
     rows_per_shard: int = Field(1000, ge=1)
 
@@ -468,6 +468,10 @@ class ServeConfig(StrictModel):
     max_temperature: float = Field(2.0, ge=0)
     strict: bool = Field(True, description="unknown request fields are a 400 (else ignored)")
     api_key_env: str = Field("PTR_API_KEY", description="env var holding the bearer token")
+    engine_timeout_s: float = Field(
+        60.0, gt=0, description="wait this long for the engine to start a round (first token), "
+        "e.g. while a crashed replica is replaced; then 503"
+    )
     engine_deployment: ServeDeploymentOptions = Field(default_factory=_default_engine_deployment)
     ingress_deployment: ServeDeploymentOptions = Field(
         default_factory=lambda: ServeDeploymentOptions(max_ongoing_requests=32, max_queued_requests=64)

@@ -65,6 +65,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
             build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
                 update={"path": str(dataset)})})
             run_build(build)
+            if not dataset_finished(dataset):
+                raise ValueError(f"the build wrote no records into {dataset}; see its stats.json "
+                                 "and rejects file for why every row was dropped")
         timings["build"] = time.time() - t
 
         # 2. training, one run per mode

@@ -20,7 +20,9 @@ def _cfg(tmp_path, tiny_model_dir) -> PipelineConfig:
     src = tmp_path / "queries.jsonl"
     src.write_text("".join(json.dumps({"query": q}) + "\n" for q in QUERIES))
     tiny = str(tiny_model_dir)
-    engine = {"model": tiny, "max_model_len": 1024, "num_cpus": 1}
+    # The data come from the real packaged weak model (a random tiny model writes blank turns,
+    # which the build rightly rejects); the fine-tuned and evaluated model is the tiny one.
+    engine = {"model": "builtin:smollm2-135m", "max_model_len": 1024, "num_cpus": 1}
     return load_config(PipelineConfig, None, [
         f"output_dir={tmp_path / 'run'}",
         f"base_model={tiny}",

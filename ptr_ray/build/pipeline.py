@@ -15,6 +15,7 @@ makes sure each query is written once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -28,7 +29,8 @@ from ptr_ray.build import output
 from ptr_ray.build.actors import FAULT_ENV, EmbeddingConsistency, JudgeConsistency, StrongAnswers, WeakThoughts
 from ptr_ray.build.prepare import Candidate, prepare
 from ptr_ray.build.rows import SCHEMA, new_row, to_table
-from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, RayConfig, dump_config
+from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, dump_config
+from ptr_ray.ray_utils import init_ray
 from ptr_ray.records import Record
 
 log = logging.getLogger(__name__)
@@ -38,21 +40,16 @@ class BuildError(ValueError):
     """A build that cannot start or produced nothing usable; the message says why."""
 
 
-def init_ray(cfg: RayConfig) -> bool:
-    """Connect to Ray as configured; True when this call started it (so we shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = dict(address=cfg.address, include_dashboard=cfg.include_dashboard,
-                                  log_to_driver=True)
-    if cfg.address in (None, "local"):
-        if cfg.num_cpus:
-            kwargs["num_cpus"] = cfg.num_cpus
-        if cfg.temp_dir:
-            kwargs["_temp_dir"] = cfg.temp_dir
-    ray.init(**kwargs)
-    return True
+def cpus_needed(cfg: BuildConfig) -> int:
+    """Logical CPUs the actor pools take at their initial size (a local instance gets at least
+    this many, so every pool can be scheduled; on 2 cores they time-share)."""
+    total = sum(e.num_cpus * cfg.weak.pool.replicas for e, _ in weak_stages(cfg))
+    total += cfg.strong.model.num_cpus * cfg.strong.pool.replicas
+    if cfg.consistency.method == "embedding":
+        total += cfg.consistency.num_cpus * cfg.consistency.pool.replicas
+    elif cfg.consistency.method == "judge":
+        total += (cfg.consistency.judge or cfg.strong.model).num_cpus * cfg.consistency.pool.replicas
+    return math.ceil(total) + 1  # + Ray Data's own input tasks
 
 
 def weak_stages(cfg: BuildConfig) -> list[tuple[EngineConfig, int]]:
@@ -250,7 +247,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         writer = output.ShardWriter(out, run_id, cfg.output.format, cfg.output.rows_per_shard)
         if prepared.candidates:
             t1 = time.time()
-            started = init_ray(cfg.ray)
+            started = init_ray(cfg.ray, min_cpus=cpus_needed(cfg))
             seconds["ray_init"] = time.time() - t1
             try:
                 import ray

@@ -292,7 +292,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
         metrics.request("refine", 200)
         if body.stream:
             return StreamingResponse(_refine_sse(rid, first, events), media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, "X-Request-Id": rid})
+                                     headers={**SSE_HEADERS, "X-PTR-Request-Id": rid})
         done: list[RoundResult] = []
         end = RunEnd(False, "rounds")
         async for kind, payload in _chain(first, events):
@@ -305,7 +305,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
             "rounds": [asdict(r) for r in done], "final": done[-1].answer if done else "",
             "stopped_early": end.stopped_early, "stop_reason": end.stop_reason,
             "usage": _usage(done),
-        }, headers={"X-Request-Id": rid})
+        }, headers={"X-PTR-Request-Id": rid})
 
     async def _refine_sse(rid: str, first: tuple[str, Any],
                           events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:
@@ -342,7 +342,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_chat_sse(rid, now, rounds, include_usage, first, events),
                                      media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, "X-Request-Id": rid})
+                                     headers={**SSE_HEADERS, "X-PTR-Request-Id": rid})
         done: list[RoundResult] = []
         end = RunEnd(False, "rounds")
         async for kind, payload in _chain(first, events):
@@ -358,7 +358,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
             "usage": _usage(done),
             "refinement": {"rounds": [asdict(r) for r in done], "stopped_early": end.stopped_early,
                            "stop_reason": end.stop_reason},
-        }, headers={"X-Request-Id": rid})
+        }, headers={"X-PTR-Request-Id": rid})
 
     async def _chat_sse(rid: str, now: int, rounds: int, include_usage: bool, first: tuple[str, Any],
                         events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:

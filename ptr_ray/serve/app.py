@@ -10,6 +10,7 @@ flight: beyond them Serve answers 503 at once instead of letting requests pile u
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -116,18 +117,35 @@ class EngineDeployment:
 class HandleBackend:
     """The ingress's view of the engine deployment (ptr_ray.serve.api.EngineBackend)."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, first_item_timeout_s: float = 60.0) -> None:
         self.handle = handle
         self._streaming = handle.options(stream=True)
+        self.first_item_timeout_s = first_item_timeout_s
 
     async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
                      request_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Items of one round. The first must come within ``first_item_timeout_s``: a request
+        that meets no live engine replica (one is being replaced) gets a 503, not a hang."""
         gen = self._streaming.stream.remote(messages, sampling, request_id)
         finished = False
         try:
-            async for item in gen:
-                yield item
+            it = gen.__aiter__()
+            try:
+                first = await asyncio.wait_for(it.__anext__(), self.first_item_timeout_s)
+            except StopAsyncIteration:
+                first = None
+            except asyncio.TimeoutError:
+                raise APIError(503, f"the engine did not start the round within "
+                                    f"{self.first_item_timeout_s:.0f}s (overloaded or restarting); "
+                                    "retry", code="engine_unavailable",
+                               headers={"Retry-After": "5"}) from None
+            if first is not None:
+                yield first
+                async for item in it:
+                    yield item
             finished = True
+        except APIError:
+            raise
         except Exception as e:  # noqa: BLE001 - mapped to a 503 the client can retry
             raise _unavailable(e) from e
         finally:
@@ -167,7 +185,7 @@ class IngressDeployment:
 
     def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(settings)
-        self.backend = HandleBackend(engine)
+        self.backend = HandleBackend(engine, self.cfg.engine_timeout_s)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.backend, self.cfg)

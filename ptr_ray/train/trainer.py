@@ -33,6 +33,10 @@ log = logging.getLogger("ptr_ray.train")
 RUN_NAME = "train"
 
 
+class TrainingFailed(RuntimeError):
+    """The worker group failed more often than ``max_failures`` allows."""
+
+
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
     env = {
         "TOKENIZERS_PARALLELISM": "false",
@@ -127,12 +131,19 @@ def run_train(cfg: TrainConfig) -> Path:
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as e:  # WorkerGroupError, ControllerError, ...: one line for the CLI
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingFailed(
+                f"training failed ({type(e).__name__}: {first}); checkpoints are kept in {storage}, "
+                "run the same command again to resume"
+            ) from e
     finally:
         if started:
             ray.shutdown()
     if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
+        raise TrainingFailed(f"training failed: {result.error}")
     ckpt = result.checkpoint
     if ckpt is None:
         raise RuntimeError("training finished without a checkpoint")

@@ -216,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
         log.info("data plan in %.1fs: %s; %d steps (%s per epoch)", time.time() - t0, enc_stats,
                  total_steps, steps_per_epoch)
         (out_dir / "encode_stats.json").write_text(json.dumps(
@@ -323,6 +324,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             marker = out_dir / f".fail_at_step_{step}.done"
             if not marker.exists():
                 marker.write_text(str(os.getpid()))
+                # Ray Train's controller collects reported checkpoints when it polls the
+                # workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); a worker that dies
+                # before that poll takes its last report with it. Wait for one poll so the
+                # hook tests resume-from-the-last-checkpoint, not that race.
+                time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
                 log.warning("TEST HOOK fail_at_step=%d: rank 0 exits now", step)
                 os._exit(1)
         t_step = time.time()

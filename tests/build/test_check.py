@@ -57,3 +57,22 @@ def test_wilcoxon_direction_and_ties():
     assert wilcoxon_greater(weak, strong)["p_value"] > 0.99
     tie = wilcoxon_greater([1, 0, 1], [1, 0, 1])
     assert tie["p_value"] == 1.0 and tie["statistic"] is None
+
+
+def test_run_check_end_to_end_with_tiny_models(tiny_model_dir, tmp_path, capsys):
+    from ptr_ray.build.check import CheckFailed, run_check
+    from ptr_ray.config import BuildCheckConfig
+
+    eng = {"model": str(tiny_model_dir), "backend": "hf", "dtype": "float32", "max_model_len": 1024}
+    cfg = BuildCheckConfig.model_validate({
+        "weak": eng, "strong": eng, "tasks": ["gsm8k", "arc_challenge"], "limit": 2,
+        "sampling": {"max_tokens": 4}, "output": str(tmp_path / "check.json"),
+    })
+    report = run_check(cfg)
+    assert report["n"] == 4 and set(report["tasks"]) == {"gsm8k", "arc_challenge"}
+    assert (tmp_path / "check.json").is_file()
+    assert "Wilcoxon signed-rank" in capsys.readouterr().out
+    # a random model beats itself by nothing: not significant, and that can be made an error
+    assert not report["wilcoxon"]["significant"]
+    with pytest.raises(CheckFailed, match="not significantly better"):
+        run_check(cfg.model_copy(update={"require_significant": True, "output": None}))

@@ -158,9 +158,9 @@ def test_token_auth_everywhere(cluster):
 
 
 def test_shared_storage_is_mounted_into_the_container(cluster):
-    assert "-v /mnt/cluster_storage:/mnt/cluster_storage" in cluster["docker"]["run_options"]
+    assert "-v /mnt/shared:/mnt/shared" in cluster["docker"]["run_options"]
     init = " ".join(cluster["initialization_commands"])
-    assert "/mnt/cluster_storage" in init and "mount -t nfs4" in init
+    assert "/mnt/shared" in init and "mount -t nfs4" in init
 
 
 # --- the other stages' GPU configs must fit this cluster ------------------------------------

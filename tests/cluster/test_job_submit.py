@@ -249,8 +249,9 @@ def test_stop_kills_this_cluster_and_nothing_else(local_cluster):
                               for k in ("gcs_server", "/raylet", "dashboard.py"))]
         assert any(p.pid == decoy.pid for p in neighbours)
 
-        stopped = local_cluster.stop()
-        assert set(stopped) >= ours_pids
+        stopped = set(local_cluster.stop())
+        # A process of ours may have exited on its own between the two looks (idle workers).
+        assert all(pid in stopped or not psutil.pid_exists(pid) for pid in ours_pids)
         assert local_cluster.processes() == []
         with pytest.raises(OSError):  # nothing listens on the dashboard port any more
             socket.create_connection(("127.0.0.1", local_cluster.ports["--dashboard-port"]), 2)

@@ -112,7 +112,7 @@ def test_pods_gpu_limits_volumes_and_image(ray_obj):
             mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
             for m in mounts.values():
                 assert m["name"] in volumes, f"{name}: mount of undeclared volume {m['name']}"
-            assert "/mnt/cluster_storage" in mounts, f"{name}: no shared storage"
+            assert "/mnt/shared" in mounts, f"{name}: no shared storage"
         if name == "head":
             assert _gpus(pod) == 0, "the head is CPU-only"
         elif _gpus(pod):

@@ -83,7 +83,7 @@ def test_refine_returns_every_round_and_sends_the_growing_conversation():
     assert body["final"] == "best answer" and body["stopped_early"] is False
     assert body["usage"]["completion_tokens"] == 2 + 2 + 2
     assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-    assert r.headers["x-request-id"] == body["id"]
+    assert r.headers["x-ptr-request-id"] == body["id"]
     # round k's prompt is exactly the shared format's round prompt with the earlier answers
     cfg = ServeConfig()
     sent = [msgs for _, msgs, _ in backend.calls]
@@ -380,3 +380,37 @@ def test_serve_config_rejects_bad_settings():
     with pytest.raises(ValueError, match="unknown deployment"):
         ServeConfig.model_validate({"applications": [{"args": {}, "deployments": [{"name": "X"}]}]})
     assert json.loads(ServeConfig().model_dump_json())["engine"]["enable_prefix_caching"] is True
+
+
+class _SlowGen:
+    """Stands in for a DeploymentResponseGenerator whose replica never answers."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.sleep(3600)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_handle_backend_gives_503_when_no_engine_answers_in_time():
+    from ptr_ray.serve.app import HandleBackend
+    from ptr_ray.serve.errors import APIError
+
+    gen = _SlowGen()
+    handle = SimpleNamespace(options=lambda **_: SimpleNamespace(
+        stream=SimpleNamespace(remote=lambda *a: gen)))
+    backend = HandleBackend(handle, first_item_timeout_s=0.2)
+
+    async def run():
+        async for _ in backend.stream([{"role": "user", "content": "q"}], {}, "r-r1"):
+            pass
+
+    with pytest.raises(APIError, match="did not start the round within") as err:
+        asyncio.run(run())
+    assert err.value.status == 503 and gen.cancelled

@@ -22,7 +22,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "ptr_small"
 def _cfg(model: Path, out: Path, **over) -> TrainConfig:
     base = [
         f"model={model}", f"dataset={FIXTURE}", f"output_dir={out}", "max_length=512",
-        "epochs=1", "max_steps=6", "checkpoint_every=2", "keep_checkpoints=5", "progress=false",
+        "epochs=2", "max_steps=6", "checkpoint_every=2", "keep_checkpoints=5", "progress=false",
         "optim.lr=1e-3", "optim.warmup_steps=1", "loss.schedule=constant",
     ]
     return load_config(TrainConfig, ROOT / "jobs" / "configs" / "train_local.yaml",
