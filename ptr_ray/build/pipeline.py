@@ -284,8 +284,8 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                 if started:
                     ray.shutdown()
         stats["status"] = "finished"
-    except BaseException:
-        stats["status"] = "interrupted"
+    except BaseException as e:
+        stats["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
         raise
     finally:
         if writer is not None:

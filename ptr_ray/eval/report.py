@@ -142,6 +142,7 @@ class EvalReport:
     rounds: int
     config: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    reused: int = 0  # (method, task) results taken from an earlier run (resume)
 
     @property
     def methods(self) -> list[str]:
@@ -163,7 +164,8 @@ class EvalReport:
         raise KeyError((method, task))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "wall_s": self.wall_s, "config": self.config,
+        return {"rounds": self.rounds, "wall_s": self.wall_s, "reused": self.reused,
+                "config": self.config,
                 "summary": [asdict(s) for s in self.summary()],
                 "results": [r.to_dict() for r in self.results]}
 
@@ -223,7 +225,10 @@ def markdown_report(report: EvalReport) -> str:
         "n items per task. Round k answers after k−1 refine instructions.", "",
         "Methods: " + "; ".join(f"`{m}` = `{src}`" for m, src in models.items()), "",
         markdown_table(report), "", "## Generation", "", generation_table(report), "",
-        f"Wall time: {report.wall_s:.0f}s.", "",
+        f"Wall time: {report.wall_s:.0f}s"
+        + (f" ({report.reused} of {len(report.results)} method/task results reused from an "
+           "earlier run; their per-round times above are from that run)." if report.reused
+           else "."), "",
     ]
     return "\n".join(parts)
 

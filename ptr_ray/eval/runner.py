@@ -176,6 +176,7 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
     engine_cfgs, tasks = preflight(cfg)
     factory = engine_factory or make_engine
     by_key: dict[tuple[str, str], TaskResult] = {}
+    reused_keys: set[tuple[str, str]] = set()
     total = len(cfg.methods) * len(tasks)
     bar = tqdm(total=total, desc="eval (method x task)", unit="task")
     try:
@@ -188,6 +189,7 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
                 if cached is not None:
                     log.info("%s/%s: reusing finished result", method.name, task.name)
                     by_key[(method.name, task.name)] = cached
+                    reused_keys.add((method.name, task.name))
                     bar.update(1)
                 else:
                     pending.append((task, fp))
@@ -216,7 +218,8 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
     finally:
         bar.close()
     ordered = [by_key[(m.name, t.name)] for m in cfg.methods for t in tasks]
-    return EvalReport(ordered, cfg.rounds, cfg.model_dump(mode="json"), time.time() - t0)
+    reused = sum(1 for m in cfg.methods for t in tasks if (m.name, t.name) in reused_keys)
+    return EvalReport(ordered, cfg.rounds, cfg.model_dump(mode="json"), time.time() - t0, reused)
 
 
 def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:

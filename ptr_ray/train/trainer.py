@@ -134,7 +134,8 @@ def run_train(cfg: TrainConfig) -> Path:
         try:
             result = trainer.fit()
         except Exception as e:  # WorkerGroupError, ControllerError, ...: one line for the CLI
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+            first = (lines[-1] if lines else type(e).__name__)[:300]
             raise TrainingFailed(
                 f"training failed ({type(e).__name__}: {first}); checkpoints are kept in {storage}, "
                 "run the same command again to resume"

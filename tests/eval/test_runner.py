@@ -117,6 +117,7 @@ def test_resume_skips_finished_and_recomputes_changed(tmp_path):
     again = evaluate(cfg, factory)
     assert made == ["builtin:smollm2-135m"]  # nothing to do: no engine started
     assert again.summary() == first.summary()
+    assert (first.reused, again.reused) == (0, 2)
     # a different refine instruction changes the fingerprint: recomputed
     cfg2 = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(
         update={"refine_instruction": "Check your work and answer again."})})

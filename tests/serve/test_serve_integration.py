@@ -189,27 +189,33 @@ def test_client_disconnect_cancels_remaining_rounds(server):
 
 
 def test_overload_gets_503_quickly(server):
-    async def one(client):
+    n = 14
+
+    async def one(client, answered, all_answered):
         t0 = time.time()
         async with client.stream("POST", server.url + "/v1/refine", headers=AUTH,
                                  json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400,
                                        "stream": True}) as r:
-            return r.status_code, time.time() - t0  # leaving closes (and cancels) the stream
+            result = r.status_code, time.time() - t0
+            answered.append(result)
+            if len(answered) == n:
+                all_answered.set()
+            # hold accepted streams open until every request has its answer, so a finished
+            # one cannot free its slot for a later one; leaving closes (cancels) the stream
+            await asyncio.wait_for(all_answered.wait(), 60)
+            return result
 
     async def burst():
-        async with httpx.AsyncClient(timeout=60) as client:
-            first = [asyncio.create_task(one(client)) for _ in range(4)]
-            await asyncio.sleep(1.0)  # let them occupy the ingress replica
-            rest = [asyncio.create_task(one(client)) for _ in range(10)]
-            return await asyncio.gather(*rest), await asyncio.gather(*first)
+        answered, all_answered = [], asyncio.Event()
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+            return await asyncio.gather(*(one(client, answered, all_answered) for _ in range(n)))
 
-    rest, first = asyncio.run(burst())
-    statuses = [s for s, _ in rest]
-    assert all(s == 200 for s, _ in first), first
+    results = asyncio.run(burst())
+    statuses = [s for s, _ in results]
     assert set(statuses) <= {200, 503}, statuses
-    rejected = [dt for s, dt in rest if s == 503]
-    assert len(rejected) >= 4, statuses  # 4 ongoing + 2 queued fit; the rest are turned away
-    assert max(rejected) < 5.0, rejected
+    # 4 ongoing + 2 queued fit in the ingress; the rest are turned away at once
+    assert 2 <= statuses.count(200) <= 6 and statuses.count(503) >= 8, statuses
+    assert max(dt for s, dt in results if s == 503) < 5.0, results
     # and the server is fine afterwards
     assert post(server, "/v1/refine", {"query": "q", "rounds": 1, "max_tokens": 4}).status_code == 200
 
