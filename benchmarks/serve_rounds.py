@@ -6,9 +6,11 @@
 3. Prefix caching: 3-round request latency with the engine's prefix cache on vs. off (the app
    is redeployed with ``enable_prefix_caching: false``).
 
-Every measured request has its own query (a unique prefix), so no request is served from a
-cache filled by another one: only a request's own earlier rounds can be cached. Greedy
-decoding, fixed token budgets, bounded request counts and a wall-clock limit.
+Every measured query has its own prefix, so no request is served from a cache filled by
+another one: only a request's own earlier rounds can be cached. The direct engine, the server
+with caching and the server without it answer the *same* queries on fresh engines with greedy
+decoding, so they generate the same tokens and only the serving path differs. A 1-token,
+1-round request measures the fixed per-request cost. Bounded counts and a wall-clock limit.
 
     .venv/bin/python benchmarks/serve_rounds.py                 # builtin:smollm2-135m
     .venv/bin/python benchmarks/serve_rounds.py --model /path/to/model --requests 6
@@ -71,12 +73,17 @@ async def direct_engine(args, queries: list[str]) -> dict:
             toks += rr.tokens
         return time.perf_counter() - t0, toks
 
+    async def tiny(i: int) -> float:
+        t0 = time.perf_counter()
+        await eng.generate([{"role": "user", "content": f"Say {i}."}], SamplingConfig(max_tokens=1))
+        return time.perf_counter() - t0
+
     try:
         await one("warm up the engine")
         lat = []
         for q in queries:
             lat.append(await one(q))
-        return {"latency": lat}
+        return {"latency": lat, "tiny": [await tiny(i) for i in range(5)]}
     finally:
         eng.close()
 
@@ -140,16 +147,14 @@ def main() -> int:
 
     args.model = resolve_model(args.model)
     n = args.requests
-    q_direct = [make_query(i, args.context_sentences) for i in range(n)]
-    q_serve = [make_query(1000 + i, args.context_sentences) for i in range(n)]
-    q_nocache = [make_query(2000 + i, args.context_sentences) for i in range(n)]
+    q_same = [make_query(i, args.context_sentences) for i in range(n)]  # direct, cache on, cache off
     q_conc1 = [make_query(3000 + i, args.context_sentences) for i in range(max(4, args.concurrent_requests // 4))]
     q_concN = [make_query(4000 + i, args.context_sentences) for i in range(args.concurrent_requests)]
     results: dict = {"model": args.model, "rounds": args.rounds, "max_tokens": args.max_tokens}
     t_start = time.time()
 
     print(f"[1/4] engine called directly ({n} x {args.rounds}-round requests) ...", flush=True)
-    direct = asyncio.run(direct_engine(args, q_direct))
+    direct = asyncio.run(direct_engine(args, q_same))
     d_lat = [x for x, _ in direct["latency"]]
 
     import ray
@@ -168,7 +173,9 @@ def main() -> int:
         print(f"      server up in {startup:.0f}s at {url}", flush=True)
         asyncio.run(run_sequential(url, ["warm up the server"], args))
         print(f"[2/4] through Serve + HTTP, prefix caching on ({n} requests) ...", flush=True)
-        s_res = asyncio.run(run_sequential(url, q_serve, args))
+        s_res = asyncio.run(run_sequential(url, q_same, args))
+        tiny_args = argparse.Namespace(**{**vars(args), "rounds": 1, "max_tokens": 1})
+        s_tiny = [asyncio.run(run_sequential(url, [f"Say {i}."], tiny_args))[0][0] for i in range(5)]
         print(f"[3/4] throughput: {len(q_conc1)} requests at concurrency 1, "
               f"{len(q_concN)} at concurrency {args.concurrency} ...", flush=True)
         t1, r1 = asyncio.run(run_concurrent(url, q_conc1, args, 1))
@@ -178,7 +185,7 @@ def main() -> int:
         off["engine"]["enable_prefix_caching"] = False
         deploy(ServeConfig.model_validate(off))
         asyncio.run(run_sequential(url, ["warm up the server"], args))
-        o_res = asyncio.run(run_sequential(url, q_nocache, args))
+        o_res = asyncio.run(run_sequential(url, q_same, args))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -191,6 +198,7 @@ def main() -> int:
     tok1 = sum(t for _, t, _ in r1) / t1
     tokN = sum(t for _, t, _ in rN) / tN
     results.update({
+        "direct_1token_ms": med(direct["tiny"]) * 1000, "serve_1token_ms": med(s_tiny) * 1000,
         "direct_latency_s": med(d_lat), "serve_latency_s": med(s_lat),
         "serve_overhead_ratio": med(s_lat) / med(d_lat),
         "serve_overhead_ms_per_request": (med(s_lat) - med(d_lat)) * 1000,
@@ -210,6 +218,9 @@ def main() -> int:
     print(f"  engine direct         {med(d_lat):7.2f} s / request")
     print(f"  Serve + HTTP          {med(s_lat):7.2f} s / request  -> overhead x{results['serve_overhead_ratio']:.3f} "
           f"({results['serve_overhead_ms_per_request']:+.0f} ms)")
+    print(f"  1-token request       {med(direct['tiny']) * 1000:7.1f} ms direct, {med(s_tiny) * 1000:.1f} ms via Serve + HTTP")
+    print(f"  tokens / request      {results['direct_tokens_per_request']:.1f} direct, {results['serve_tokens_per_request']:.1f} via Serve,"
+          f" {statistics.mean(t for _, t, _ in o_res):.1f} cache off")
     print(f"  prefix cache on       {med(s_lat):7.2f} s   ({cached_on} prompt tokens from cache)")
     print(f"  prefix cache off      {med(o_lat):7.2f} s   ({cached_off} prompt tokens from cache)"
           f"  -> caching speed-up x{results['cache_speedup']:.2f}")

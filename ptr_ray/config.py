@@ -235,12 +235,24 @@ class WeakConfig(StrictModel):
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
 
+from pydantic import field_validator  # noqa: E402 - kept in this section for parallel edits
+
+DEFAULT_STRONG_MODEL = "builtin:qwen2.5-coder-0.5b"
+
+
+def _strong_engine(value: Any) -> Any:
+    """A strong-engine section that names no model keeps the strong default (not EngineConfig's
+    weak default): ``strong.model.backend=hf`` must not silently swap in the weak model."""
+    if isinstance(value, dict) and "model" not in value:
+        return {"model": DEFAULT_STRONG_MODEL, **value}
+    return value
+
+
 class StrongConfig(StrictModel):
     """Strong answers from query + thoughts, with in-context worked examples."""
 
-    model: EngineConfig = Field(
-        default_factory=lambda: EngineConfig(model="builtin:qwen2.5-coder-0.5b")
-    )
+    model: EngineConfig = Field(default_factory=lambda: EngineConfig(model=DEFAULT_STRONG_MODEL))
+    _strong_default = field_validator("model", mode="before")(_strong_engine)
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, top_k=30, max_tokens=512)
     )
@@ -296,9 +308,8 @@ class BuildCheckConfig(StrictModel):
     """``ptr-ray build-check``: both models on labelled items; Wilcoxon signed-rank test."""
 
     weak: EngineConfig = Field(default_factory=EngineConfig)
-    strong: EngineConfig = Field(
-        default_factory=lambda: EngineConfig(model="builtin:qwen2.5-coder-0.5b")
-    )
+    strong: EngineConfig = Field(default_factory=lambda: EngineConfig(model=DEFAULT_STRONG_MODEL))
+    _strong_default = field_validator("strong", mode="before")(_strong_engine)
     tasks: list[str] = Field(default_factory=lambda: ["gsm8k", "arc_challenge"], min_length=1)
     limit: int = Field(30, ge=1, description="items per task")
     seed: int | None = Field(0, description="sample items with this seed (None = first items)")

@@ -227,16 +227,9 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     import ray
 
     assert cfg.ray is not None
-    if not ray.is_initialized():
-        kwargs: dict = {"address": cfg.ray.address, "include_dashboard": cfg.ray.include_dashboard}
-        if cfg.ray.address == "local":
-            if cfg.ray.num_cpus:
-                kwargs["num_cpus"] = cfg.ray.num_cpus
-            if cfg.ray.temp_dir:
-                kwargs["_temp_dir"] = cfg.ray.temp_dir
-        else:
-            kwargs.pop("include_dashboard")
-        ray.init(**kwargs)
+    from ptr_ray.ray_utils import init_ray
+
+    init_ray(cfg.ray)
     gpus = max(m.engine.get("num_gpus", cfg.engine.num_gpus) for m in cfg.methods)
     cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
     if cfg.ray.address == "local":  # a local worker's cwd need not be ours

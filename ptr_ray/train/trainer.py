@@ -50,23 +50,11 @@ def _worker_env(cfg: TrainConfig) -> dict[str, str]:
 
 def _ensure_ray(cfg: TrainConfig) -> bool:
     """Start/attach Ray per config unless already initialized; True when we started it."""
-    import ray
+    from ptr_ray.ray_utils import init_ray
 
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"address": cfg.ray.address, "include_dashboard": cfg.ray.include_dashboard,
-                              "runtime_env": {"env_vars": _worker_env(cfg)}}
-    if cfg.ray.address in (None, "local"):
-        if cfg.ray.num_cpus:
-            kwargs["num_cpus"] = cfg.ray.num_cpus
-        else:
-            # Logical CPUs: every worker needs its share, plus Ray Train's controller.
-            need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
-            kwargs["num_cpus"] = max(need, os.cpu_count() or 1)
-        if cfg.ray.temp_dir:
-            kwargs["_temp_dir"] = cfg.ray.temp_dir
-    ray.init(**kwargs)
-    return True
+    # Logical CPUs: every worker needs its share, plus Ray Train's controller.
+    need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
+    return init_ray(cfg.ray, min_cpus=need, env_vars=_worker_env(cfg))
 
 
 def prepare(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:

@@ -76,3 +76,11 @@ def test_run_check_end_to_end_with_tiny_models(tiny_model_dir, tmp_path, capsys)
     assert not report["wilcoxon"]["significant"]
     with pytest.raises(CheckFailed, match="not significantly better"):
         run_check(cfg.model_copy(update={"require_significant": True, "output": None}))
+
+
+def test_partial_strong_section_keeps_strong_default():
+    from ptr_ray.config import BuildCheckConfig, BuildConfig, load_config
+
+    assert load_config(BuildCheckConfig, None, ["strong.backend=hf"]).strong.model == "builtin:qwen2.5-coder-0.5b"
+    assert load_config(BuildConfig, None, ["strong.model.backend=hf"]).strong.model.model == "builtin:qwen2.5-coder-0.5b"
+    assert load_config(BuildConfig, None, ["strong.model.model=/m"]).strong.model.model == "/m"
