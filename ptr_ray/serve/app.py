@@ -213,16 +213,21 @@ def run_serve(cfg: ServeConfig) -> None:
     import ray
 
     from ptr_ray.models import resolve_model
+    from ptr_ray.ray_utils import init_ray
 
     # Resolve (and convert, once) the model here: a bad source is a one-line error now, not a
     # replica that fails to start over and over.
     resolve_model(cfg.engine.model)
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        local = cfg.ray.address == "local"
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if local else None,
-                 include_dashboard=cfg.ray.include_dashboard, _temp_dir=cfg.ray.temp_dir,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    key = os.environ.get(cfg.api_key_env)
+    if key:
+        # The ingress replicas may run on other nodes: hand them the token explicitly rather
+        # than rely on inheriting this process's environment (auth must never silently lapse).
+        actor = dict(cfg.ingress_deployment.ray_actor_options)
+        runtime_env = dict(actor.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), cfg.api_key_env: key}
+        actor["runtime_env"] = runtime_env
+        cfg.ingress_deployment.ray_actor_options = actor
+    own_ray = init_ray(cfg.ray, min_cpus=4)  # engine + ingress + Serve's controller/proxy
     stop = threading.Event()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -231,8 +236,8 @@ def run_serve(cfg: ServeConfig) -> None:
         log.info("deploying %s (engine: %s); the first start loads the model", cfg.app_name, cfg.engine.model)
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
         url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-        key = " (bearer token from $" + cfg.api_key_env + ")" if os.environ.get(cfg.api_key_env) else ""
-        print(f"ptr-ray serve: {cfg.served_model_name} ready at {url}{key} after "
+        auth = f" (bearer token from ${cfg.api_key_env})" if key else ""
+        print(f"ptr-ray serve: {cfg.served_model_name} ready at {url}{auth} after "
               f"{time.time() - t0:.0f}s; Ctrl-C stops", flush=True)
         for s in previous:
             signal.signal(s, lambda *_: stop.set())
@@ -243,7 +248,10 @@ def run_serve(cfg: ServeConfig) -> None:
         for s, h in previous.items():
             signal.signal(s, h)
         try:
-            serve.shutdown()
+            if own_ray:
+                serve.shutdown()
+            else:  # a shared cluster: remove only our application
+                serve.delete(cfg.app_name)
         finally:
             if own_ray:
                 ray.shutdown()
