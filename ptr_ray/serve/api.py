@@ -60,7 +60,7 @@ class EngineBackend(Protocol):
     """
 
     def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-               request_id: str) -> AsyncIterator[dict[str, Any]]: ...
+               request_id: str, deltas: bool = True) -> AsyncIterator[dict[str, Any]]: ...
 
     async def info(self) -> dict[str, Any]: ...
 
@@ -82,9 +82,11 @@ async def refine_events(
     stop_when_stable: bool,
     request_id: str,
     metrics: ServeMetrics | None = None,
+    deltas: bool = True,
 ) -> AsyncIterator[tuple[str, Any]]:
-    """Run the rounds of one request; yield ``("delta", (k, text))``, ``("round", RoundResult)``
-    and finally ``("end", RunEnd)``. Client errors of round 1 raise :class:`APIError`."""
+    """Run the rounds of one request; yield ``("delta", (k, text))`` (when ``deltas``),
+    ``("round", RoundResult)`` and finally ``("end", RunEnd)``. Client errors of round 1 raise
+    :class:`APIError`."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     sampling_dict = sampling.model_dump()
     counter = {"k": 0}
@@ -93,7 +95,7 @@ async def refine_events(
         counter["k"] += 1
         k = counter["k"]
         result: dict[str, Any] | None = None
-        stream = backend.stream(list(messages), sampling_dict, f"{request_id}-r{k}")
+        stream = backend.stream(list(messages), sampling_dict, f"{request_id}-r{k}", deltas)
         try:
             async for item in stream:
                 kind = item.get("type")
@@ -287,7 +289,8 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
                                    body.seed, body.stop_list(), "rounds")
         query: prompts.Query = body.query if body.query is not None else to_messages(body.messages)
         rid = f"refine-{uuid.uuid4().hex[:16]}"
-        events = refine_events(backend, query, rounds, sampling, cfg, body.stop_when_stable, rid, metrics)
+        events = refine_events(backend, query, rounds, sampling, cfg, body.stop_when_stable, rid,
+                               metrics, deltas=body.stream)
         first = await first_event(events)
         metrics.request("refine", 200)
         if body.stream:
@@ -334,7 +337,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
                                    body.top_p, body.seed, body.stop_list(), "refinement_rounds")
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         events = refine_events(backend, to_messages(body.messages), rounds, sampling, cfg,
-                               body.stop_when_stable, rid, metrics)
+                               body.stop_when_stable, rid, metrics, deltas=body.stream)
         first = await first_event(events)
         metrics.request("chat", 200)
         now = int(time.time())

@@ -36,6 +36,7 @@ from ptr_ray.serve.errors import APIError
 log = logging.getLogger(__name__)
 
 RECENT_REQUESTS = 2048
+DELTA_FLUSH_S = 0.02  # streamed token deltas are sent at most this often per round
 
 
 @serve.deployment(name=ENGINE_DEPLOYMENT_NAME)
@@ -59,23 +60,36 @@ class EngineDeployment:
             self.recent.popitem(last=False)
 
     async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-                     request_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Token deltas, then the round's result (see ptr_ray.serve.api.EngineBackend)."""
+                     request_id: str, deltas: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """Token deltas (if ``deltas``), then the round's result (see api.EngineBackend).
+
+        Every streamed item is a Ray object crossing processes, so deltas are coalesced into
+        at most one item per DELTA_FLUSH_S, and a caller that does not stream asks for none.
+        """
         from ptr_ray.engine import Generation, PromptTooLongError
 
         self._mark(request_id, "running")
         state = "cancelled"
+        pending: list[str] = []
+        last_flush = time.monotonic()
         try:
             async for item in self.engine.stream(messages, SamplingConfig.model_validate(sampling),
                                                  request_id):
                 if isinstance(item, Generation):
+                    if pending:
+                        yield {"type": "delta", "text": "".join(pending)}
                     c = item.completions[0]
                     state = "finished"
                     yield {"type": "result", "text": c.text, "tokens": c.tokens,
                            "finish_reason": c.finish_reason, "prompt_tokens": item.prompt_tokens,
                            "cached_tokens": item.cached_tokens, "latency_s": item.latency_s}
-                else:
-                    yield {"type": "delta", "text": item}
+                elif deltas:
+                    pending.append(item)
+                    now = time.monotonic()
+                    if now - last_flush >= DELTA_FLUSH_S:
+                        yield {"type": "delta", "text": "".join(pending)}
+                        pending.clear()
+                        last_flush = now
         except PromptTooLongError as e:
             state = "rejected"
             yield {"type": "error", "status": 400, "code": "context_length_exceeded", "message": str(e)}
@@ -123,10 +137,10 @@ class HandleBackend:
         self.first_item_timeout_s = first_item_timeout_s
 
     async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-                     request_id: str) -> AsyncIterator[dict[str, Any]]:
+                     request_id: str, deltas: bool = True) -> AsyncIterator[dict[str, Any]]:
         """Items of one round. The first must come within ``first_item_timeout_s``: a request
         that meets no live engine replica (one is being replaced) gets a 503, not a hang."""
-        gen = self._streaming.stream.remote(messages, sampling, request_id)
+        gen = self._streaming.stream.remote(messages, sampling, request_id, deltas)
         finished = False
         try:
             it = gen.__aiter__()

@@ -29,8 +29,9 @@ class FakeBackend:
         self.calls: list[tuple[str, list[dict[str, str]], dict[str, Any]]] = []
         self.states: dict[str, str] = {}
 
-    async def stream(self, messages, sampling, request_id):
+    async def stream(self, messages, sampling, request_id, deltas=True):
         self.calls.append((request_id, messages, sampling))
+        self.deltas_asked = deltas
         self.states[request_id] = "running"
         n_prompt = sum(len(m["content"].split()) + 4 for m in messages)
         if n_prompt >= self.context_tokens:
@@ -45,7 +46,8 @@ class FakeBackend:
             for i, w in enumerate(words):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                yield {"type": "delta", "text": w if i == 0 else " " + w}
+                if deltas:
+                    yield {"type": "delta", "text": w if i == 0 else " " + w}
         except (asyncio.CancelledError, GeneratorExit):
             self.states[request_id] = "cancelled"
             raise
@@ -84,6 +86,7 @@ def test_refine_returns_every_round_and_sends_the_growing_conversation():
     assert body["usage"]["completion_tokens"] == 2 + 2 + 2
     assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert r.headers["x-ptr-request-id"] == body["id"]
+    assert backend.deltas_asked is False  # nobody streams: no per-token traffic from the engine
     # round k's prompt is exactly the shared format's round prompt with the earlier answers
     cfg = ServeConfig()
     sent = [msgs for _, msgs, _ in backend.calls]
@@ -122,9 +125,9 @@ def test_later_round_outgrowing_the_context_ends_with_the_answer_so_far():
 
 
 def test_refine_stream_sends_deltas_rounds_and_done():
-    client, _ = make_client()
+    client, backend = make_client()
     r = client.post("/v1/refine", json={"query": "q", "rounds": 3, "stream": True})
-    assert r.status_code == 200
+    assert r.status_code == 200 and backend.deltas_asked is True
     assert r.headers["content-type"].startswith("text/event-stream")
     evs = events_of(r.text)
     kinds = [e for e, _ in evs]
