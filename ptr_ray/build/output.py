@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptr_ray.records import FORMAT_VERSION, META_FILE, STATS_FILE, DatasetError, check_format_version
+from ptr_ray.records import (
+    FORMAT_VERSION, META_FILE, STATS_FILE, check_format_version, iter_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +79,9 @@ def scan(folder: Path) -> Existing:
         if _repair_jsonl(path):
             ex.repaired.append(path.name)
             log.warning("%s ended in a torn line (killed run?); cut it off", path)
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                ex.record_ids.add(row["id"])
-                ex.queries.append(row["query"])
+        for row in iter_file(path):  # DatasetError names file and line
+            ex.record_ids.add(row["id"])
+            ex.queries.append(row["query"])
     for path in sorted(data.glob("*.parquet")) if data.is_dir() else []:
         import pyarrow.parquet as pq
 
