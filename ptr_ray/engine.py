@@ -94,6 +94,26 @@ def clamp_context(model_path: str, wanted: int) -> int:
     return wanted
 
 
+def vllm_engine_kwargs(cfg: EngineConfig, model_path: str, **more: Any) -> dict[str, Any]:
+    """vLLM engine arguments from an EngineConfig: one mapping for the offline and async engines."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        dtype=cfg.dtype,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+        enforce_eager=cfg.enforce_eager,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=cfg.seed,
+        max_num_seqs=cfg.max_num_seqs,
+        **more,
+    )
+    if cfg.max_model_len:
+        kwargs["max_model_len"] = clamp_context(model_path, cfg.max_model_len)
+    if not cpu_only():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    kwargs.update(cfg.extra)
+    return kwargs
+
+
 def encode_conversation(tokenizer: Any, conversation: Sequence[prompts.Message]) -> list[int]:
     return prompts.encode(tokenizer, conversation, add_generation_prompt=True)
 
@@ -108,21 +128,7 @@ class VLLMEngine:
 
         self.cfg = cfg
         self.model_path = resolve_model(cfg.model)
-        kwargs: dict[str, Any] = dict(
-            model=self.model_path,
-            dtype=cfg.dtype,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            seed=cfg.seed,
-            max_num_seqs=cfg.max_num_seqs,
-        )
-        if cfg.max_model_len:
-            kwargs["max_model_len"] = clamp_context(self.model_path, cfg.max_model_len)
-        if not cpu_only():
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        kwargs.update(cfg.extra)
-        self.llm = vllm.LLM(**kwargs)
+        self.llm = vllm.LLM(**vllm_engine_kwargs(cfg, self.model_path))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         log.info("vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
@@ -298,21 +304,7 @@ class AsyncVLLMEngine:
 
         self.cfg = cfg
         self.model_path = resolve_model(cfg.model)
-        kwargs: dict[str, Any] = dict(
-            model=self.model_path,
-            dtype=cfg.dtype,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            seed=cfg.seed,
-            max_num_seqs=cfg.max_num_seqs,
-            disable_log_stats=True,
-        )
-        if cfg.max_model_len:
-            kwargs["max_model_len"] = clamp_context(self.model_path, cfg.max_model_len)
-        if not cpu_only():
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        kwargs.update(cfg.extra)
+        kwargs = vllm_engine_kwargs(cfg, self.model_path, disable_log_stats=True)
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.model_config.max_model_len)
