@@ -15,10 +15,21 @@ import logging
 import time
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel
+
 from ptr_ray.config import EvalMethod, PipelineConfig, dump_config
 from ptr_ray.records import STATS_FILE, DatasetError, data_files
 
 log = logging.getLogger(__name__)
+
+
+def same_config(saved: Path, cfg: BaseModel) -> bool:
+    """Whether a stage's saved config equals the one it would run with now. A stage is reused
+    only then: a user who raises the sample size or the steps gets a new run, not a stale one."""
+    if not saved.is_file():
+        return False
+    return yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json")
 
 
 def dataset_finished(folder: Path) -> bool:
@@ -59,12 +70,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         _stage(1, total, "build the refinement dataset (Ray Data + weak/strong vLLM)")
         dataset = root / "dataset"
         t = time.time()
-        if dataset_finished(dataset):
-            log.info("dataset %s is finished; reusing it", dataset)
-        else:
-            build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
-                update={"path": str(dataset)})})
+        build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
+            update={"path": str(dataset)})})
+        if dataset_finished(dataset) and same_config(dataset / "config.yaml", build):
+            log.info("dataset %s is finished with this config; reusing it", dataset)
+        else:  # new, interrupted or reconfigured: the build resumes, skipping ids already written
             run_build(build)
+            stats = json.loads((dataset / STATS_FILE).read_text())
+            dataset_changed = int(stats.get("rows_out") or 0) > 0
             if not dataset_finished(dataset):
                 raise ValueError(f"the build wrote no records into {dataset}; see its stats.json "
                                  "and rejects file for why every row was dropped")
@@ -79,8 +92,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
                                            "output_dir": str(root / f"train-{mode}")})
             model_dir = Path(tcfg.output_dir) / "model"
             t = time.time()
-            if (model_dir / "config.json").is_file():
-                log.info("%s model %s exists; reusing it", mode, model_dir)
+            if dataset_changed and Path(tcfg.output_dir).exists():
+                # Checkpoints of a run on the old data must not be resumed on the new data.
+                stale = Path(f"{tcfg.output_dir}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+                log.warning("the dataset changed; moving the old %s run to %s", mode, stale)
+                Path(tcfg.output_dir).rename(stale)
+            if (model_dir / "config.json").is_file() and same_config(
+                    Path(tcfg.output_dir) / "train_config.yaml", tcfg):
+                log.info("%s model %s exists for this config; reusing it", mode, model_dir)
             else:
                 run_train(tcfg)
             models[mode] = str(model_dir)
