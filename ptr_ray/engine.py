@@ -75,6 +75,8 @@ def configure_vllm_env(cfg: EngineConfig) -> None:
         "DO_NOT_TRACK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "TOKENIZERS_PARALLELISM": "false",
+        # vLLM's per-engine INFO lines drown the stages' own progress; export INFO to see them.
+        "VLLM_LOGGING_LEVEL": "WARNING",
     }.items():
         os.environ.setdefault(key, val)
     if cpu_only():

@@ -35,6 +35,10 @@ def init_ray(cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, st
 
     if ray.is_initialized():
         return False
+    # Ray's driver-side progress bars (Train workers' tqdm_ray) are redrawn around every print
+    # by a patched print(); a bar whose close event is lost is then redrawn for the rest of the
+    # run. Plain prints keep the pipeline's own output readable.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     env = {**WORKER_ENV, **(env_vars or {})}
     for key in ("PTR_RAY_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "DS_ACCELERATOR"):
         if key in os.environ:
