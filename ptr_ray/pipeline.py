@@ -70,6 +70,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         _stage(1, total, "build the refinement dataset (Ray Data + weak/strong vLLM)")
         dataset = root / "dataset"
         t = time.time()
+        dataset_changed = False
         build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
             update={"path": str(dataset)})})
         if dataset_finished(dataset) and same_config(dataset / "config.yaml", build):

@@ -87,3 +87,16 @@ def test_shipped_pipeline_configs_load():
     for name in ("pipeline_local", "pipeline_gpu"):
         cfg = load_config(PipelineConfig, f"jobs/configs/{name}.yaml")
         assert cfg.train_config("ptr").mode == "ptr"
+
+
+def test_same_config_decides_reuse(tmp_path):
+    from ptr_ray.config import BuildConfig, dump_config
+    from ptr_ray.pipeline import same_config
+
+    cfg = BuildConfig()
+    saved = tmp_path / "config.yaml"
+    assert not same_config(saved, cfg)
+    dump_config(cfg, saved)
+    assert same_config(saved, cfg)
+    changed = cfg.model_copy(update={"seed": cfg.seed + 1})
+    assert not same_config(saved, changed)
