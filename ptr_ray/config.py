@@ -384,6 +384,24 @@ class ScalingSection(StrictModel):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
+class LoraSection(StrictModel):
+    """LoRA adapters through peft: only the adapters train; ``model/`` is exported merged."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling = alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names (q_proj, v_proj, ...) or all-linear (not lm_head)"
+    )
+
+    @_model_validator(mode="after")
+    def _check_targets(self) -> LoraSection:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module (or all-linear)")
+        return self
+
+
 class TrainConfig(StrictModel):
     """``ptr-ray train``: weighted thought-mask fine-tuning on Ray Train + DeepSpeed."""
 
@@ -405,6 +423,7 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")

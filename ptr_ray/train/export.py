@@ -5,7 +5,8 @@ ZeRO stages 1-3 keep the fp32 master weights in per-rank optimizer shards; DeepS
 hold the module's state dict directly. The weights are loaded into the base model's
 architecture (tied embeddings re-tied), cast to the export dtype and saved with the base
 model's tokenizer, chat template and generation config, into a temporary folder renamed into
-place, so a half-written ``model/`` never exists.
+place, so a half-written ``model/`` never exists. A LoRA run's adapters are merged into the
+base weights first (ptr_ray/train/lora.py): ``model/`` never needs peft to load.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +47,38 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
 
 def export_model(
     ckpt_dir: str | Path, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
-    tag: str = "ds", meta: dict | None = None,
+    tag: str = "ds", meta: dict | None = None, lora: Any = None,
 ) -> Path:
-    """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config)."""
+    """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config).
+
+    ``lora`` (an enabled :class:`~ptr_ray.config.LoraSection`) says the checkpoint is of a
+    peft-wrapped model: its adapters are merged into the base weights, so ``out_dir`` is a
+    plain model either way.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     t0 = time.time()
     out = Path(out_dir)
     sd = consolidated_state_dict(ckpt_dir, tag)
-    config = AutoConfig.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
-        tied = set(model._tied_weights_keys)
-    missing = [k for k in missing if k not in tied and not k.startswith("lm_head.")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint {ckpt_dir} does not match {base_model}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    if lora is not None and lora.enabled:
+        from ptr_ray.train.lora import merged_model
+
+        model = merged_model(sd, base_model, lora, str(ckpt_dir))
+        del sd
+    else:
+        config = AutoConfig.from_pretrained(base_model)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if isinstance(getattr(model, "_tied_weights_keys", None), dict):
+            tied = set(model._tied_weights_keys)
+        missing = [k for k in missing if k not in tied and not k.startswith("lm_head.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint {ckpt_dir} does not match {base_model}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
     model.tie_weights()
     torch_dtype = getattr(torch, dtype)
     model = model.to(torch_dtype)

@@ -74,7 +74,21 @@ def prepare(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
     from ptr_ray.train.worker import deepspeed_config
 
     deepspeed_config(cfg, cfg.scaling.num_workers)  # a bad DeepSpeed JSON fails here, not in a worker
+    if cfg.lora.enabled:
+        _check_lora_targets(model_path, cfg)
     return model_path, records, info
+
+
+def _check_lora_targets(model_path: str, cfg: TrainConfig) -> None:
+    """A misspelt ``lora.target_modules`` fails here (meta-device model: no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ptr_ray.train.lora import check_targets
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    check_targets(model, cfg.lora)
 
 
 def run_train(cfg: TrainConfig) -> Path:
@@ -142,5 +156,8 @@ def run_train(cfg: TrainConfig) -> Path:
                  state["total_steps"], time.time() - t0, ckpt.path)
         if not cfg.export:
             return out
-        return export_model(ckpt_dir, model_path, out / "model",
-                            meta={"step": state["step"], "mode": cfg.mode, "dataset": cfg.dataset})
+        meta = {"step": state["step"], "mode": cfg.mode, "dataset": cfg.dataset}
+        if cfg.lora.enabled:
+            meta["lora_merged"] = cfg.lora.model_dump(mode="json")
+        return export_model(ckpt_dir, model_path, out / "model", meta=meta,
+                            lora=cfg.lora if cfg.lora.enabled else None)

@@ -2,7 +2,8 @@
 
 Each rank: builds its deterministic data plan (its shard of the seeded permutation, encoded,
 thought-dropped and packed per epoch; all ranks agree on the number of steps), loads the model,
-wraps it with ``deepspeed.initialize`` (a plain torch AdamW unless the config asks for
+optionally wraps it with LoRA adapters (peft; only they train), wraps it with
+``deepspeed.initialize`` (a plain torch AdamW unless the config asks for
 DeepSpeed's own), restores the latest checkpoint if Ray Train has one (a restarted worker group
 or a second run on the same output folder), and trains, reporting metrics every
 ``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps.
@@ -228,7 +229,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.lora.enabled:
+        from ptr_ray.train.lora import wrap_lora
+
+        model = wrap_lora(model, cfg.lora)  # before deepspeed.initialize: adapters only train
     model.train()
+    if rank == 0:
+        from ptr_ray.train.lora import count_params
+
+        trainable, n_total = count_params(model)
+        log.info("parameters: %d trainable of %d (%.2f%%)%s", trainable, n_total,
+                 100.0 * trainable / n_total, " [LoRA]" if cfg.lora.enabled else "")
 
     opt = cfg.optim
     sched_fn = lr_lambda(opt.warmup_steps, total_steps, opt.schedule, opt.min_lr_ratio)
@@ -239,11 +250,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": opt.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=opt.lr, betas=opt.betas, eps=opt.eps,
-        )
+        # Only non-empty groups (LoRA adapters are all 2-D): ZeRO drops an empty group, which
+        # would leave the scheduler with one lr more than the optimizer has groups.
+        groups = [g for g in ({"params": decay, "weight_decay": opt.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched_fn)
         params = None
     engine, _, _, _ = deepspeed.initialize(
