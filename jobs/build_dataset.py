@@ -9,28 +9,14 @@ and each engine's `num_gpus` / `tensor_parallel_size`. Re-submitting with the sa
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
+
+from ptr_ray.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ptr_ray.config import BuildConfig, ConfigError, load_config
-    from ptr_ray.build.pipeline import run_build
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", "-c", default="jobs/configs/build_local.yaml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(BuildConfig, args.config, args.overrides)
-        out = run_build(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"build_dataset: error: {e}", file=sys.stderr)
-        return 2
-    print(f"dataset written to {out}")
-    return 0
+    """Same arguments, config handling and one-line errors as ``ptr-ray build``."""
+    return cli_main(["build", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

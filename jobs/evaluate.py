@@ -8,27 +8,14 @@ round-by-round table is printed to the job log and the report files go to `outpu
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
+
+from ptr_ray.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ptr_ray.config import ConfigError, EvalConfig, load_config
-    from ptr_ray.eval.runner import run_eval
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", "-c", default="jobs/configs/eval_local.yaml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(EvalConfig, args.config, args.overrides)
-        run_eval(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """Same arguments, config handling and one-line errors as ``ptr-ray eval``."""
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

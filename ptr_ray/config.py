@@ -102,18 +102,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a nested dict, creating intermediate dicts as needed."""
+    """Set each dotted key in a nested dict, creating intermediate dicts as needed.
+
+    A numeric part indexes a list (``sources.0.limit=400``), as in Hydra and torchtune.
+    """
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {part!r} is not an index of a "
+                                      f"{len(node)}-item list")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ConfigError(f"override {item!r}: {path[i - 1]!r} is not a section")
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return data
 
 

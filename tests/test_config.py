@@ -50,3 +50,10 @@ def test_cli_reports_config_error(capsys):
 
     assert main(["smoke", "engine.nope=1"]) == 2
     assert "unknown config key 'engine.nope'" in capsys.readouterr().err
+
+
+def test_override_indexes_lists():
+    data = apply_overrides({"sources": [{"limit": 1}, {"limit": 2}]}, ["sources.1.limit=400"])
+    assert data == {"sources": [{"limit": 1}, {"limit": 400}]}
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides({"sources": [{"limit": 1}]}, ["sources.3.limit=4"])
