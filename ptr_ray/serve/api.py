@@ -296,13 +296,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
         if body.stream:
             return StreamingResponse(_refine_sse(rid, first, events), media_type="text/event-stream",
                                      headers={**SSE_HEADERS, "X-PTR-Request-Id": rid})
-        done: list[RoundResult] = []
-        end = RunEnd(False, "rounds")
-        async for kind, payload in _chain(first, events):
-            if kind == "round":
-                done.append(payload)
-            elif kind == "end":
-                end = payload
+        done, end = await _collect(first, events)
         return JSONResponse({
             "id": rid, "object": "refinement", "model": cfg.served_model_name,
             "rounds": [asdict(r) for r in done], "final": done[-1].answer if done else "",
@@ -346,13 +340,7 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
             return StreamingResponse(_chat_sse(rid, now, rounds, include_usage, first, events),
                                      media_type="text/event-stream",
                                      headers={**SSE_HEADERS, "X-PTR-Request-Id": rid})
-        done: list[RoundResult] = []
-        end = RunEnd(False, "rounds")
-        async for kind, payload in _chain(first, events):
-            if kind == "round":
-                done.append(payload)
-            elif kind == "end":
-                end = payload
+        done, end = await _collect(first, events)
         last = done[-1]
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": now, "model": cfg.served_model_name,
@@ -400,6 +388,19 @@ def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = N
         yield b"data: [DONE]\n\n"
 
     return app
+
+
+async def _collect(first: tuple[str, Any], events: AsyncIterator[tuple[str, Any]]
+                   ) -> tuple[list[RoundResult], RunEnd]:
+    """A whole (non-streamed) run: its rounds, and how it ended."""
+    done: list[RoundResult] = []
+    end = RunEnd(False, "rounds")
+    async for kind, payload in _chain(first, events):
+        if kind == "round":
+            done.append(payload)
+        elif kind == "end":
+            end = payload
+    return done, end
 
 
 async def _chain(first: tuple[str, Any], rest: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
