@@ -120,6 +120,29 @@ def encode_conversation(tokenizer: Any, conversation: Sequence[prompts.Message])
     return prompts.encode(tokenizer, conversation, add_generation_prompt=True)
 
 
+class PromptTooLongError(ValueError):
+    """A conversation that does not fit the model's context (a client error, not a crash)."""
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"prompt has {prompt_tokens} tokens, the model's context is {max_model_len}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+    def __reduce__(self):  # keep the fields when Ray pickles the error across processes
+        return (PromptTooLongError, (self.prompt_tokens, self.max_model_len))
+
+
+def checked_prompt_ids(tokenizer: Any, conversation: Sequence[prompts.Message],
+                       max_model_len: int) -> list[int]:
+    """Token ids of a round prompt; PromptTooLongError when no token could be generated."""
+    ids = encode_conversation(tokenizer, conversation)
+    if len(ids) >= max_model_len:
+        raise PromptTooLongError(len(ids), max_model_len)
+    return ids
+
+
 class VLLMEngine:
     """vLLM's offline ``LLM`` with prefix caching; fed token ids rendered by prompts.py."""
 
@@ -151,11 +174,7 @@ class VLLMEngine:
         )
         token_prompts = []
         for conv in conversations:
-            ids = encode_conversation(self.tokenizer, conv)
-            if len(ids) >= self.max_model_len:
-                raise ValueError(
-                    f"prompt has {len(ids)} tokens, the model's context is {self.max_model_len}"
-                )
+            ids = checked_prompt_ids(self.tokenizer, conv, self.max_model_len)
             token_prompts.append({"prompt_token_ids": ids})
         t0 = time.time()
         outs = self.llm.generate(token_prompts, sampling_params=params, use_tqdm=False)
@@ -213,11 +232,7 @@ class HFEngine:
         results = []
         eos = self._eos_ids()
         for conv in conversations:
-            ids = encode_conversation(self.tokenizer, conv)
-            if len(ids) >= self.max_model_len:
-                raise ValueError(
-                    f"prompt has {len(ids)} tokens, the model's context is {self.max_model_len}"
-                )
+            ids = checked_prompt_ids(self.tokenizer, conv, self.max_model_len)
             t0 = time.time()
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
@@ -275,20 +290,6 @@ def make_engine(cfg: EngineConfig) -> Engine:
 # --------------------------------------------------------------------------------------------
 
 
-class PromptTooLongError(ValueError):
-    """A conversation that does not fit the model's context (a client error, not a crash)."""
-
-    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
-        super().__init__(
-            f"prompt has {prompt_tokens} tokens, the model's context is {max_model_len}"
-        )
-        self.prompt_tokens = prompt_tokens
-        self.max_model_len = max_model_len
-
-    def __reduce__(self):  # keep the fields when Ray pickles the error across processes
-        return (PromptTooLongError, (self.prompt_tokens, self.max_model_len))
-
-
 class AsyncVLLMEngine:
     """vLLM's ``AsyncLLM`` with prefix caching, for a server that streams and cancels.
 
@@ -314,10 +315,7 @@ class AsyncVLLMEngine:
 
     def prompt_ids(self, conversation: Sequence[prompts.Message]) -> list[int]:
         """Token ids of a round prompt; PromptTooLongError when no token could be generated."""
-        ids = encode_conversation(self.tokenizer, conversation)
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLongError(len(ids), self.max_model_len)
-        return ids
+        return checked_prompt_ids(self.tokenizer, conversation, self.max_model_len)
 
     async def stream(
         self,

@@ -12,13 +12,14 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
+
+from ptr_ray.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +166,9 @@ def prepare_builtin(name: str) -> Path:
         chunk_paths(model)  # fail fast with a clear message before any heavy import
         t0 = time.time()
         log.info("converting builtin:%s into %s (once)", name, final)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}-"))
-        try:
+        with atomic_dir(final) as tmp:
             _convert(model, tmp)
             (tmp / ".complete").write_text(model.sha256 + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         log.info("builtin:%s ready in %.1fs", name, time.time() - t0)
     return final
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptr_ray.fsutil import atomic_write
 
 Z95 = 1.959963984540054
 
@@ -171,19 +171,6 @@ class EvalReport:
 
 
 # ------------------------------------------------------------------------------- writers
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def markdown_table(report: EvalReport) -> str:

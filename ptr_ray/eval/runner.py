@@ -31,8 +31,9 @@ from ptr_ray.config import EngineConfig, EvalConfig, EvalMethod, dump_config
 from ptr_ray.engine import Engine, make_engine
 from ptr_ray.eval.methods import check_methods
 from ptr_ray.eval.metrics import score_batch
+from ptr_ray.fsutil import atomic_write
 from ptr_ray.eval.report import (
-    EvalReport, ItemResult, ItemRound, TaskResult, atomic_write, markdown_table, write_report,
+    EvalReport, ItemResult, ItemRound, TaskResult, markdown_table, write_report,
 )
 from ptr_ray.eval.tasks import EvalTask, check_tasks, load_tasks
 from ptr_ray.refine import refine_batch

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ptr_ray.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +90,12 @@ def export_model(
     if tokenizer.chat_template is None:
         raise ValueError(f"tokenizer of {base_model} has no chat template")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "ptr_ray_export.json").write_text(json.dumps(
             {"checkpoint": str(ckpt_dir), "base_model": str(base_model), "dtype": dtype,
              **(meta or {})}, indent=1))
         (tmp / COMPLETE).write_text("")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s -> %s (%s) in %.1fs", ckpt_dir, out, dtype, time.time() - t0)
     return out
