@@ -19,9 +19,9 @@ from ptr_ray.config import ConfigError, load_config
 # name -> (help, "module:ConfigClass", "module:function")
 STAGES: dict[str, tuple[str, str, str]] = {
     "build": ("build a refinement dataset with Ray Data + weak/strong vLLM actors",
-              "ptr_ray.config:BuildConfig", "ptr_ray.build.pipeline:run_build"),
+              "ptr_ray.config:BuildConfig", "ptr_ray.datagen.dataflow:run_build"),
     "build-check": ("check the strong model beats the weak one on a labelled set (Wilcoxon)",
-                    "ptr_ray.config:BuildCheckConfig", "ptr_ray.build.check:run_check"),
+                    "ptr_ray.config:BuildCheckConfig", "ptr_ray.eval.build_check:run_check"),
     "train": ("fine-tune with the PTR loss on Ray Train + DeepSpeed",
               "ptr_ray.config:TrainConfig", "ptr_ray.train.trainer:run_train"),
     "serve": ("serve a model with Ray Serve + FastAPI, N refinement rounds per request",

@@ -386,7 +386,7 @@ class DeepSpeedConfig(StrictModel):
     )
 
 
-class ScalingSection(StrictModel):
+class TrainScalingConfig(StrictModel):
     """Ray Train's ScalingConfig."""
 
     num_workers: int = Field(2, ge=1)
@@ -396,7 +396,7 @@ class ScalingSection(StrictModel):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
-class LoraSection(StrictModel):
+class LoraConfig(StrictModel):
     """LoRA adapters through peft: only the adapters train; ``model/`` is exported merged."""
 
     enabled: bool = False
@@ -408,7 +408,7 @@ class LoraSection(StrictModel):
     )
 
     @_model_validator(mode="after")
-    def _check_targets(self) -> LoraSection:
+    def _check_targets(self) -> LoraConfig:
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("lora.target_modules must name at least one module (or all-linear)")
         return self
@@ -434,8 +434,8 @@ class TrainConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    scaling: ScalingSection = Field(default_factory=ScalingSection)
-    lora: LoraSection = Field(default_factory=LoraSection)
+    scaling: TrainScalingConfig = Field(default_factory=TrainScalingConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
@@ -457,7 +457,7 @@ class TrainConfig(StrictModel):
 from pydantic import model_validator  # noqa: E402 - kept in this section for parallel edits
 
 
-class ServeDeploymentOptions(StrictModel):
+class DeploymentConfig(StrictModel):
     """Ray Serve options of one deployment (the ones a serve config's ``deployments:`` sets)."""
 
     num_replicas: int | Literal["auto"] | None = Field(None, description="None: Serve's default (1)")
@@ -479,9 +479,9 @@ class ServeDeploymentOptions(StrictModel):
         return out
 
 
-def _default_engine_deployment() -> ServeDeploymentOptions:
+def _default_engine_deployment() -> DeploymentConfig:
     # vLLM batches concurrent requests itself, so one engine replica takes many at once.
-    return ServeDeploymentOptions(max_ongoing_requests=64, max_queued_requests=256,
+    return DeploymentConfig(max_ongoing_requests=64, max_queued_requests=256,
                                   health_check_period_s=10, health_check_timeout_s=30)
 
 
@@ -514,9 +514,9 @@ class ServeConfig(StrictModel):
         60.0, gt=0, description="wait this long for the engine to start a round (first token), "
         "e.g. while a crashed replica is replaced; then 503"
     )
-    engine_deployment: ServeDeploymentOptions = Field(default_factory=_default_engine_deployment)
-    ingress_deployment: ServeDeploymentOptions = Field(
-        default_factory=lambda: ServeDeploymentOptions(max_ongoing_requests=32, max_queued_requests=64)
+    engine_deployment: DeploymentConfig = Field(default_factory=_default_engine_deployment)
+    ingress_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(max_ongoing_requests=32, max_queued_requests=64)
     )
 
     @model_validator(mode="before")
@@ -601,7 +601,7 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 # --- eval -----------------------------------------------------------------------------------
 
 
-class EvalMethod(StrictModel):
+class EvalMethodConfig(StrictModel):
     """One column of the comparison: a name, a model source and its engine overrides.
 
     The paper's three methods are all just model sources: the base model (its refinement
@@ -634,8 +634,8 @@ class EvalTaskConfig(StrictModel):
 class EvalConfig(StrictModel):
     """``ptr-ray eval``: every method answers every task over N refinement rounds."""
 
-    methods: list[EvalMethod] = Field(
-        default_factory=lambda: [EvalMethod(name="base", model="builtin:smollm2-135m")],
+    methods: list[EvalMethodConfig] = Field(
+        default_factory=lambda: [EvalMethodConfig(name="base", model="builtin:smollm2-135m")],
         min_length=1,
     )
     tasks: list[str] = Field(default_factory=lambda: ["gsm8k", "arc_challenge"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from ptr_ray.config import EvalMethod, PipelineConfig, dump_config
+from ptr_ray.config import EvalMethodConfig, PipelineConfig, dump_config
 from ptr_ray.records import STATS_FILE, DatasetError, data_files
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _stage(n: int, total: int, name: str) -> None:
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     """Run (or resume) every stage; returns the paths a user looks at next."""
-    from ptr_ray.build.pipeline import run_build
+    from ptr_ray.datagen.dataflow import run_build
     from ptr_ray.eval.runner import run_eval
     from ptr_ray.ray_utils import init_ray
     from ptr_ray.train.trainer import run_train
@@ -112,8 +112,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     # 3. evaluation: the base model with the refine instruction (the Prompt baseline), then
     # each trained model, through the same refinement loop.
     _stage(total, total, "evaluate base / " + " / ".join(m.upper() for m in cfg.modes) + " round by round")
-    methods = [EvalMethod(name="base", model=cfg.base_model)]
-    methods += [EvalMethod(name=mode, model=path) for mode, path in models.items()]
+    methods = [EvalMethodConfig(name="base", model=cfg.base_model)]
+    methods += [EvalMethodConfig(name=mode, model=path) for mode, path in models.items()]
     ecfg = cfg.eval.model_copy(update={"methods": methods, "output_dir": str(root / "eval")})
     t = time.time()
     run_eval(ecfg)

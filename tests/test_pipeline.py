@@ -67,7 +67,7 @@ def test_pipeline_end_to_end_then_resume(tmp_path, tiny_model_dir, monkeypatch, 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr("ptr_ray.build.pipeline.run_build", boom)
+    monkeypatch.setattr("ptr_ray.datagen.dataflow.run_build", boom)
     monkeypatch.setattr("ptr_ray.train.trainer.run_train", boom)
     monkeypatch.setattr("ptr_ray.eval.runner.evaluate_task", boom)
     again = run_pipeline(cfg)

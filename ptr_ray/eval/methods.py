@@ -9,7 +9,7 @@ The paper compares, round by round:
 - **PTR** (``ptr``): the model fine-tuned with progressive thought refinement.
 
 All three run through the same loop (:func:`ptr_ray.refine.refine_batch`) with the same
-prompts; they differ only in the model source, so each is one :class:`EvalMethod`.
+prompts; they differ only in the model source, so each is one :class:`EvalMethodConfig`.
 """
 
 from __future__ import annotations
@@ -18,24 +18,24 @@ import os
 from pathlib import Path
 
 from ptr_ray import models
-from ptr_ray.config import ConfigError, EngineConfig, EvalConfig, EvalMethod
+from ptr_ray.config import ConfigError, EngineConfig, EvalConfig, EvalMethodConfig
 
 
 class ModelCheckError(ValueError):
     """A method's model source that does not resolve; one line, raised before any work."""
 
 
-def standard_methods(base: str, ift: str | None = None, ptr: str | None = None) -> list[EvalMethod]:
+def standard_methods(base: str, ift: str | None = None, ptr: str | None = None) -> list[EvalMethodConfig]:
     """The paper's comparison: base model + refine instruction, then IFT and PTR if given."""
-    out = [EvalMethod(name="base", model=base)]
+    out = [EvalMethodConfig(name="base", model=base)]
     if ift:
-        out.append(EvalMethod(name="ift", model=ift))
+        out.append(EvalMethodConfig(name="ift", model=ift))
     if ptr:
-        out.append(EvalMethod(name="ptr", model=ptr))
+        out.append(EvalMethodConfig(name="ptr", model=ptr))
     return out
 
 
-def method_engine_config(cfg: EvalConfig, method: EvalMethod) -> EngineConfig:
+def method_engine_config(cfg: EvalConfig, method: EvalMethodConfig) -> EngineConfig:
     """The shared engine settings with the method's overrides and model applied."""
     data = cfg.engine.model_dump()
     data.update(method.engine)

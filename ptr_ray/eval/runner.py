@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ptr_ray.config import EngineConfig, EvalConfig, EvalMethod, dump_config
+from ptr_ray.config import EngineConfig, EvalConfig, EvalMethodConfig, dump_config
 from ptr_ray.engine import Engine, make_engine
 from ptr_ray.eval.methods import check_methods
 from ptr_ray.eval.metrics import score_batch
@@ -120,7 +120,7 @@ def preflight(cfg: EvalConfig) -> tuple[list[EngineConfig], list[EvalTask]]:
     return engines, tasks
 
 
-def evaluate_task(engine: Engine, method: EvalMethod, task: EvalTask, cfg: EvalConfig,
+def evaluate_task(engine: Engine, method: EvalMethodConfig, task: EvalTask, cfg: EvalConfig,
                   fp: str = "") -> TaskResult:
     """Refine every item of ``task`` for ``cfg.rounds`` rounds with one engine, then score."""
     t0 = time.time()

@@ -50,7 +50,7 @@ def export_model(
 ) -> Path:
     """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config).
 
-    ``lora`` (an enabled :class:`~ptr_ray.config.LoraSection`) says the checkpoint is of a
+    ``lora`` (an enabled :class:`~ptr_ray.config.LoraConfig`) says the checkpoint is of a
     peft-wrapped model: its adapters are merged into the base weights, so ``out_dir`` is a
     plain model either way.
     """

@@ -22,7 +22,7 @@ ADAPTER_MARK = "lora_"  # every peft LoRA parameter name contains it
 
 
 def peft_lora_config(section: Any) -> Any:
-    """The :class:`peft.LoraConfig` for a :class:`~ptr_ray.config.LoraSection`."""
+    """The :class:`peft.LoraConfig` for a :class:`~ptr_ray.config.LoraConfig`."""
     from peft import LoraConfig, TaskType
 
     targets = section.target_modules

@@ -57,7 +57,7 @@ def _ensure_ray(cfg: TrainConfig) -> bool:
     return init_ray(cfg.ray, min_cpus=need, env_vars=_worker_env(cfg))
 
 
-def prepare(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
+def check_inputs(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
     """Driver-side checks: model resolves, records valid, max_length sane. No worker yet."""
     from transformers import AutoTokenizer
 
@@ -95,7 +95,7 @@ def run_train(cfg: TrainConfig) -> Path:
     """Train per ``cfg``; returns the exported model folder (or the output folder if no export)."""
     t0 = time.time()
     out = Path(cfg.output_dir).expanduser().resolve()
-    model_path, records, info = prepare(cfg)
+    model_path, records, info = check_inputs(cfg)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(update={"output_dir": str(out)})
     dump_config(cfg, out / "train_config.yaml")

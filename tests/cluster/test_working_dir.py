@@ -3,7 +3,7 @@
 The upload is built by Ray's own packaging code (the function `ray job submit` calls), which
 honours .gitignore and .rayignore. The working dir goes first on the job's PYTHONPATH, so the
 uploaded ``ptr_ray/`` shadows the package installed on the nodes: a module left out of the
-upload (an unanchored ``build/`` in .gitignore once hid ``ptr_ray/build/``) is a module the
+upload (an unanchored ``build/`` in .gitignore once hid ``ptr_ray/datagen/``) is a module the
 job cannot import, even though the nodes have it.
 """
 

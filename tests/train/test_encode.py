@@ -187,8 +187,8 @@ def test_only_sft_rows_without_include_sft_is_an_error(tiny_tokenizer, tmp_path)
     ],
 )
 def test_bad_dataset_fails_before_any_worker(tmp_path, content, match):
-    """run_train's driver-side prepare() raises a one-line error naming the file."""
-    from ptr_ray.train.trainer import prepare
+    """run_train's driver-side check_inputs() raises a one-line error naming the file."""
+    from ptr_ray.train.trainer import check_inputs
 
     ds = tmp_path / "ds"
     ds.mkdir()
@@ -196,7 +196,7 @@ def test_bad_dataset_fails_before_any_worker(tmp_path, content, match):
         (ds / "part-0.jsonl").write_text(content)
     cfg = _cfg(tmp_path, ds, model="builtin:does-not-matter")
     with pytest.raises(DatasetError, match=match) as e:
-        prepare(cfg)
+        check_inputs(cfg)
     if content is not None:
         assert "part-0.jsonl" in str(e.value)
 

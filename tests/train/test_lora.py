@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptr_ray.config import LoraSection, TrainConfig
+from ptr_ray.config import LoraConfig, TrainConfig
 from ptr_ray.train.lora import check_targets, count_params, merged_model, wrap_lora
 
 
@@ -24,7 +24,7 @@ def test_only_adapters_train_and_init_is_identity(tiny_model_dir):
         ref = base(input_ids=ids, position_ids=pos, output_hidden_states=True, use_cache=False)
     n_base = sum(p.numel() for p in base.parameters())
 
-    model = wrap_lora(base, LoraSection(enabled=True, r=4, alpha=8, dropout=0.0)).eval()
+    model = wrap_lora(base, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)).eval()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     n_train, n_total = count_params(model)
@@ -48,7 +48,7 @@ def test_only_adapters_train_and_init_is_identity(tiny_model_dir):
 
 
 def test_merged_model_equals_base_plus_delta(tiny_model_dir):
-    section = LoraSection(enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    section = LoraConfig(enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
     model = wrap_lora(_base(tiny_model_dir), section).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -88,4 +88,4 @@ def test_bad_lora_config(tiny_model_dir):
     with pytest.raises(ValueError):
         TrainConfig(dataset="d", output_dir="o", lora={"enabled": True, "rank": 8})  # typo
     with pytest.raises(ValueError, match=r"\['qproj'\] not found"):
-        check_targets(_base(tiny_model_dir), LoraSection(enabled=True, target_modules=["qproj", "v_proj"]))
+        check_targets(_base(tiny_model_dir), LoraConfig(enabled=True, target_modules=["qproj", "v_proj"]))

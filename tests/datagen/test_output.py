@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ptr_ray.build import output
+from ptr_ray.datagen import output
 from ptr_ray.records import FORMAT_VERSION, DatasetError, read_records
 
 

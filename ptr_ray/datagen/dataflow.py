@@ -25,10 +25,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ptr_ray.build import output
-from ptr_ray.build.actors import FAULT_ENV, EmbeddingConsistency, JudgeConsistency, StrongAnswers, WeakThoughts
-from ptr_ray.build.prepare import Candidate, prepare
-from ptr_ray.build.rows import SCHEMA, new_row, to_table
+from ptr_ray.datagen import output
+from ptr_ray.datagen.actors import FAULT_ENV, EmbeddingConsistency, JudgeConsistency, StrongAnswers, WeakThoughts
+from ptr_ray.datagen.candidates import Candidate, prepare_candidates
+from ptr_ray.datagen.rows import SCHEMA, new_row, to_table
 from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, dump_config
 from ptr_ray.ray_utils import init_ray
 from ptr_ray.records import Record
@@ -92,7 +92,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
     ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table])
     # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
     # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
-    # (tests/build/test_pipeline.py kills one). Passing them again is deprecated in Ray 2.60.
+    # (tests/datagen/test_pipeline.py kills one). Passing them again is deprecated in Ray 2.60.
     for engine, rounds in weak_stages(cfg):
         ds = ds.map_batches(
             WeakThoughts,
@@ -241,7 +241,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(resolve_model(cfg.weak.models[0].model))
         seconds["tokenizer"] = time.time() - t0
-        prepared = prepare(cfg, tokenizer_counter(tok), existing, rejects)
+        prepared = prepare_candidates(cfg, tokenizer_counter(tok), existing, rejects)
         seconds.update(prepared.seconds)
         seconds["prepare_total"] = time.time() - t0
         writer = output.ShardWriter(out, run_id, cfg.output.format, cfg.output.rows_per_shard)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from ptr_ray.build.actors import FAULT_ENV
-from ptr_ray.build.pipeline import BuildError, run_build, weak_stages
+from ptr_ray.datagen.actors import FAULT_ENV
+from ptr_ray.datagen.dataflow import BuildError, run_build, weak_stages
 from ptr_ray.cli import main as cli_main
 from ptr_ray.config import BuildConfig
 from ptr_ray.records import read_records

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from ptr_ray import prompts
-from ptr_ray.build import icl
-from ptr_ray.build.rows import share_time, to_table
+from ptr_ray.datagen import icl
+from ptr_ray.datagen.rows import share_time, to_table
 from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.refine import refine_batch
 
@@ -221,7 +221,7 @@ class EmbeddingConsistency:
     """
 
     def __init__(self, model: str, threshold: float, fault_file: str | None = None) -> None:
-        from ptr_ray.build.embed import SentenceEmbedder
+        from ptr_ray.datagen.embed import SentenceEmbedder
 
         self.embedder = SentenceEmbedder(model)
         self.threshold, self.fault_file = threshold, fault_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptr_ray.build.check import extract_letter, extract_number, score, wilcoxon_greater, wilson
+from ptr_ray.eval.build_check import extract_letter, extract_number, score, wilcoxon_greater, wilson
 from ptr_ray.data.benchmarks import BenchmarkItem
 
 
@@ -60,7 +60,7 @@ def test_wilcoxon_direction_and_ties():
 
 
 def test_run_check_end_to_end_with_tiny_models(tiny_model_dir, tmp_path, capsys):
-    from ptr_ray.build.check import CheckFailed, run_check
+    from ptr_ray.eval.build_check import CheckFailed, run_check
     from ptr_ray.config import BuildCheckConfig
 
     eng = {"model": str(tiny_model_dir), "backend": "hf", "dtype": "float32", "max_model_len": 1024}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptr_ray.build import icl
+from ptr_ray.datagen import icl
 
 
 def test_packaged_examples_load():

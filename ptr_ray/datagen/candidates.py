@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ptr_ray.build.output import Existing, RejectLog
+from ptr_ray.datagen.output import Existing, RejectLog
 from ptr_ray.config import BuildConfig
 from ptr_ray.data.clean import Cleaner
 from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
@@ -67,7 +67,7 @@ def build_decontaminator(cfg: BuildConfig) -> NgramDecontaminator | None:
     return NgramDecontaminator(texts, n=cfg.decontaminate.ngram, min_words=cfg.decontaminate.min_words)
 
 
-def prepare(
+def prepare_candidates(
     cfg: BuildConfig, count_tokens: Callable[[str], int], existing: Existing, rejects: RejectLog,
     decontaminator: NgramDecontaminator | None = None,
 ) -> Prepared:

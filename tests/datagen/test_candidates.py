@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ptr_ray.build import output
-from ptr_ray.build.prepare import prepare
+from ptr_ray.datagen import output
+from ptr_ray.datagen.candidates import prepare_candidates
 from ptr_ray.config import BuildConfig
 from ptr_ray.data.benchmarks import load_task
 from ptr_ray.records import record_id
@@ -46,7 +46,7 @@ def test_every_row_is_accounted_for(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     log = output.RejectLog(out, "r1", set())
-    prep = prepare(cfg, _words, output.Existing(), log)
+    prep = prepare_candidates(cfg, _words, output.Existing(), log)
     log.close()
     assert prep.rows_in == len(rows)
     assert [c.query for c in prep.candidates] == [rows[0]["q"], rows[-1]["q"]]
@@ -69,7 +69,7 @@ def test_resume_skips_done_ids_and_near_copies_of_written_rows(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     log = output.RejectLog(out, "r2", set())
-    prep = prepare(cfg, _words, existing, log)
+    prep = prepare_candidates(cfg, _words, existing, log)
     assert [c.query for c in prep.candidates] == [q3]
     assert prep.skipped_existing == 2
     assert log.counts == {"near_duplicate": 1}
@@ -80,6 +80,6 @@ def test_sft_fraction_routes_queries(tmp_path):
     cfg = _cfg(tmp_path, rows, sft={"fraction": 0.5}, dedupe={"near": False},
                decontaminate={"enabled": False})
     (tmp_path / "out").mkdir()
-    prep = prepare(cfg, _words, output.Existing(), output.RejectLog(tmp_path / "out", "r", set()))
+    prep = prepare_candidates(cfg, _words, output.Existing(), output.RejectLog(tmp_path / "out", "r", set()))
     kinds = [c.kind for c in prep.candidates]
     assert len(kinds) == 40 and 8 < kinds.count("sft") < 32
