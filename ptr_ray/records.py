@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ptr_ray.config.base import one_line_error
+
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 STATS_FILE = "stats.json"
@@ -122,9 +124,7 @@ def read_records(folder: str | Path) -> list[Record]:
             try:
                 out.append(Record.model_validate(row))
             except ValidationError as e:
-                err = e.errors()[0]
-                key = ".".join(str(p) for p in err["loc"])
-                raise DatasetError(f"{path}: row {n}: field '{key}' {err['msg']}") from None
+                raise DatasetError(f"{path}: row {n}: {one_line_error(e, noun='field')}") from None
     if not out:
         raise DatasetError(f"dataset folder {folder} has no records")
     return out

@@ -24,13 +24,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ptr_ray.config import (
-    ENGINE_DEPLOYMENT_NAME,
-    INGRESS_DEPLOYMENT_NAME,
     EngineConfig,
     SamplingConfig,
     ServeConfig,
 )
 from ptr_ray.serve.api import create_app
+from ptr_ray.serve.config_file import ENGINE_DEPLOYMENT_NAME, INGRESS_DEPLOYMENT_NAME
 from ptr_ray.serve.errors import APIError
 
 log = logging.getLogger(__name__)

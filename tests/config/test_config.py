@@ -1,7 +1,12 @@
 import pytest
 
 from ptr_ray.config import (
-    ConfigError, EngineConfig, SmokeConfig, apply_overrides, load_config, parse_override,
+    ConfigError,
+    EngineConfig,
+    SmokeConfig,
+    apply_overrides,
+    load_config,
+    parse_override,
 )
 
 

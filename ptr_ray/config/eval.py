@@ -1,0 +1,82 @@
+"""``ptr-ray eval``'s config: which methods (model sources) answer which tasks, over how many rounds.
+
+The paper's comparison is methods x tasks x rounds; a method is only a named model source with
+engine overrides, so base, IFT and PTR models (and a user's own) are configured the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ptr_ray.config.base import StrictModel
+from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
+
+__all__ = ["EvalConfig", "EvalMethodConfig", "EvalTaskConfig"]
+
+
+class EvalMethodConfig(StrictModel):
+    """One column of the comparison: a name, a model source and its engine overrides.
+
+    The paper's three methods are all just model sources: the base model (its refinement
+    comes from the refine instruction alone: the *Prompt* baseline), an IFT model and a PTR
+    model. ``engine`` keys override the shared ``EvalConfig.engine`` for this method only.
+    """
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="short label used in tables, plots and file names")
+    model: str = Field(..., min_length=1, description="HF id, local folder or builtin:NAME")
+    engine: dict[str, Any] = Field(default_factory=dict, description="EngineConfig overrides")
+
+
+class EvalTaskConfig(StrictModel):
+    """A user's own task: a local JSONL file, its field names and the metric that scores it."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str
+    question_field: str = "question"
+    answer_field: str = "answer"
+    choices_field: str | None = Field(None, description="list of options (multiple choice)")
+    id_field: str | None = None
+    metric: Literal["multiple_choice", "math", "exact", "similarity"] = "exact"
+    prompt_template: str | None = Field(
+        None, description="format string with {question} (and {options}); None = task default"
+    )
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class EvalConfig(StrictModel):
+    """``ptr-ray eval``: every method answers every task over N refinement rounds."""
+
+    methods: list[EvalMethodConfig] = Field(
+        default_factory=lambda: [EvalMethodConfig(name="base", model="builtin:smollm2-135m")],
+        min_length=1,
+    )
+    tasks: list[str] = Field(default_factory=lambda: ["gsm8k", "arc_challenge"],
+                             description="packaged task names (see ptr_ray.data.benchmarks)")
+    custom_tasks: list[EvalTaskConfig] = Field(default_factory=list,
+                                               description="local JSONL tasks, always evaluated")
+    limit: int | None = Field(50, ge=1, description="items per task; None = all")
+    seed: int | None = Field(0, description="seed of the item sample; None = the first `limit`")
+    rounds: int = Field(3, ge=1, le=10)
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(max_model_len=4096))
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
+    task_max_tokens: dict[str, int] = Field(
+        default_factory=dict, description="per-task max_tokens overriding sampling.max_tokens"
+    )
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    math_metric: Literal["exact", "flexible"] = Field(
+        "exact", description="headline math metric; both are always computed"
+    )
+    similarity_threshold: float = Field(0.7, ge=-1, le=1,
+                                        description="cosine at which a summary counts correct")
+    code_timeout_s: float = Field(10.0, gt=0, description="per-program limit for HumanEval")
+    stop_when_stable: bool = Field(False, description="stop an item once its answer repeats; "
+                                   "later rounds carry the stable answer forward")
+    output_dir: str = "runs/eval"
+    resume: bool = Field(True, description="reuse (method, task) results already in output_dir")
+    plot: bool = True
+    ray: RayConfig | None = Field(
+        None, description="set to run evaluation inside a Ray task with the engine's resources"
+    )
