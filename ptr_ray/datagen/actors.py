@@ -221,7 +221,7 @@ class EmbeddingConsistency:
     """
 
     def __init__(self, model: str, threshold: float, fault_file: str | None = None) -> None:
-        from ptr_ray.datagen.embed import SentenceEmbedder
+        from ptr_ray.embeddings import SentenceEmbedder
 
         self.embedder = SentenceEmbedder(model)
         self.threshold, self.fault_file = threshold, fault_file

@@ -6,124 +6,54 @@ greedily on the same labelled items (packaged GSM8K and ARC by default), scores 
 0/1, reports accuracies with 95% Wilson intervals, and tests the paired per-item scores with
 ``scipy.stats.wilcoxon`` (one-sided: strong > weak).
 
-The answer extraction here is deliberately small (final number; option letter); the
-evaluation stage owns the full metrics.
+Prompts, answer extraction and scoring are the evaluation's (:mod:`ptr_ray.eval.tasks`,
+:mod:`ptr_ray.eval.metrics`), so "correct" means the same here as in ``ptr-ray eval``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ptr_ray import prompts
 from ptr_ray.config import BuildCheckConfig, EngineConfig, SamplingConfig
+from ptr_ray.errors import PtrRayValueError
+from ptr_ray.eval.metrics import score_batch
+from ptr_ray.eval.stats import wilcoxon_greater, wilson
+from ptr_ray.eval.tasks import EvalTask, packaged_task
 
 log = logging.getLogger(__name__)
 
 
-class CheckFailed(ValueError):
+class CheckFailed(PtrRayValueError):
     """The strong model is not significantly better (only with ``require_significant``)."""
 
 
-# ------------------------------------------------------------------------- prompts + scoring
-
-def question_prompt(item: Any) -> str:
-    if item.choices:
-        opts = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.choices))
-        return (f"{item.question}\n\n{opts}\n\nReply with the letter of the correct option first, "
-                "as in 'The answer is B.', then explain briefly.")
-    return (f"{item.question}\n\nSolve it step by step, then end with 'The answer is N.' where N "
-            "is the final number.")
+def check_metric(task: EvalTask) -> str:
+    """The metric a task is checked on: the evaluation's headline metric, except that math is
+    scored *flexible* (the stated answer, else the last number): the check compares raw model
+    strength, not how well a model follows the answer format."""
+    return "flexible" if task.kind == "math" else task.metric_names()[0]
 
 
-_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
+def score_answers(task: EvalTask, texts: list[str]) -> list[int]:
+    """0/1 per item, by the evaluation's own extraction and scoring rules."""
+    metric = check_metric(task)
+    return [int(s.values[metric] >= 1.0) for s in score_batch(task.kind, task.items, texts)]
 
 
-def _to_number(text: str) -> float | None:
-    text = text.replace(",", "").replace("$", "").rstrip(".")
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def extract_number(text: str) -> float | None:
-    """'The answer is N', else \\boxed{N}, else '#### N', else the last number."""
-    for pat in (rf"answer is[:\s]*\**\s*({_NUM})", rf"\\boxed\{{\s*({_NUM})\s*\}}", rf"####\s*({_NUM})"):
-        hits = re.findall(pat, text, flags=re.IGNORECASE)
-        if hits:
-            return _to_number(hits[-1])
-    nums = re.findall(_NUM, text)
-    return _to_number(nums[-1]) if nums else None
-
-
-def extract_letter(text: str, n_choices: int) -> str | None:
-    """The chosen option letter. A bare leading "A" is taken only when followed by option
-    punctuation, so the article "A" in "A plant needs..." is not read as a choice."""
-    letters = "ABCDEFGHIJ"[:n_choices]
-    # Letters match upper case only ("the answer is a bit..." is not option A).
-    pats = (
-        rf"(?i:answer is)[:\s]*\**\s*\(?([{letters}])\b",
-        rf"\\boxed\{{([{letters}])\}}",
-        rf"^\s*\**\(?([{letters}])\)?\**\s*(?:[.):\n]|$)",
-        rf"\(([{letters}])\)",
-        rf"(?i:\boption)\s+([{letters}])\b",
-    )
-    for pat in pats:
-        m = re.search(pat, text, flags=re.MULTILINE)
-        if m:
-            return m.group(1)
-    return None
-
-
-def score(item: Any, text: str) -> int:
-    """1 if the response's answer matches the gold, else 0."""
-    if item.choices:
-        return int(extract_letter(text, len(item.choices)) == item.answer.strip().upper())
-    got, gold = extract_number(text), _to_number(item.answer.strip())
-    return int(got is not None and gold is not None and math.isclose(got, gold, rel_tol=0, abs_tol=1e-6))
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sane at 0 and n, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
-def wilcoxon_greater(strong: list[int], weak: list[int]) -> dict[str, Any]:
-    """One-sided Wilcoxon signed-rank test that strong's paired scores exceed weak's."""
-    from scipy.stats import wilcoxon
-
-    diffs = [s - w for s, w in zip(strong, weak, strict=True)]
-    nonzero = sum(1 for d in diffs if d)
-    if nonzero == 0:
-        return {"statistic": None, "p_value": 1.0, "n_pairs": len(diffs), "n_discordant": 0,
-                "note": "identical scores on every item: no evidence either way"}
-    res = wilcoxon(strong, weak, alternative="greater", zero_method="wilcox")
-    return {"statistic": float(res.statistic), "p_value": float(res.pvalue), "n_pairs": len(diffs),
-            "n_discordant": nonzero}
-
-
-# ---------------------------------------------------------------------------------- running
-
-def answer_all(engine_cfg: EngineConfig, items: list[Any], sampling: SamplingConfig) -> tuple[list[str], float]:
-    """One engine at a time (both rarely fit a laptop together); greedy answers to all items."""
+def answer_all(engine_cfg: EngineConfig, queries: list[str],
+               sampling: SamplingConfig) -> tuple[list[str], float]:
+    """One engine at a time (both rarely fit a laptop together); greedy answers to all queries."""
     from ptr_ray.engine import make_engine
 
     engine = make_engine(engine_cfg)
     try:
         t0 = time.time()
-        convs = [prompts.query_messages(question_prompt(it)) for it in items]
+        convs = [prompts.query_messages(q) for q in queries]
         gens = engine.generate(convs, sampling.model_copy(update={"n": 1}))
         return [g.text for g in gens], time.time() - t0
     finally:
@@ -132,26 +62,29 @@ def answer_all(engine_cfg: EngineConfig, items: list[Any], sampling: SamplingCon
 
 def run_check(cfg: BuildCheckConfig) -> dict[str, Any]:
     """Score both models; print and return (and optionally write) the report."""
-    from ptr_ray.data.benchmarks import load_task
-
-    items = [it for task in cfg.tasks for it in load_task(task, limit=cfg.limit, seed=cfg.seed)]
-    log.info("build-check: %d items from %s", len(items), ", ".join(cfg.tasks))
+    tasks = [packaged_task(name, cfg.limit, cfg.seed) for name in cfg.tasks]
+    queries = [t.prompt(it) for t in tasks for it in t.items]
+    log.info("build-check: %d items from %s", len(queries), ", ".join(cfg.tasks))
     scores: dict[str, list[int]] = {}
     seconds: dict[str, float] = {}
     samples: dict[str, list[str]] = {}
     for role, eng in (("weak", cfg.weak), ("strong", cfg.strong)):
-        texts, dt = answer_all(eng, items, cfg.sampling)
-        scores[role] = [score(it, t) for it, t in zip(items, texts, strict=True)]
+        texts, dt = answer_all(eng, queries, cfg.sampling)
+        start, scores[role] = 0, []
+        for t in tasks:
+            scores[role] += score_answers(t, texts[start: start + len(t.items)])
+            start += len(t.items)
         seconds[role] = round(dt, 2)
         samples[role] = texts[:3]
+    items = [it for t in tasks for it in t.items]
     per_task: dict[str, Any] = {}
-    for task in cfg.tasks:
-        idx = [i for i, it in enumerate(items) if it.task == task]
-        per_task[task] = {"n": len(idx)}
+    for task in tasks:
+        idx = [i for i, it in enumerate(items) if it.task == task.name]
+        per_task[task.name] = {"n": len(idx), "metric": check_metric(task)}
         for role in ("weak", "strong"):
             k = sum(scores[role][i] for i in idx)
-            per_task[task][role] = {"accuracy": k / len(idx) if idx else 0.0,
-                                    "ci95": wilson(k, len(idx))}
+            per_task[task.name][role] = {"accuracy": k / len(idx) if idx else 0.0,
+                                         "ci95": wilson(k, len(idx))}
     overall = {role: {"accuracy": sum(s) / len(s), "ci95": wilson(sum(s), len(s))}
                for role, s in scores.items()}
     test = wilcoxon_greater(scores["strong"], scores["weak"])

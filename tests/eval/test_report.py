@@ -1,4 +1,4 @@
-"""Intervals, report files and the plot."""
+"""Report rows, files and the plot (the intervals themselves: test_stats.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,13 @@ import json
 import pytest
 
 from ptr_ray.eval.report import (
-    EvalReport, ItemResult, ItemRound, TaskResult, markdown_table, mean_ci, wilson, write_report,
+    EvalReport,
+    ItemResult,
+    ItemRound,
+    TaskResult,
+    markdown_table,
+    write_report,
 )
-
-
-def test_wilson_known_values():
-    lo, hi = wilson(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = wilson(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    lo, hi = wilson(20, 20)
-    assert hi == 1.0 and lo == pytest.approx(0.8389, abs=1e-4)
-    assert wilson(0, 0) == (0.0, 1.0)
-
-
-def test_mean_ci():
-    lo, hi = mean_ci([0.2, 0.4, 0.6])
-    assert lo < 0.4 < hi and hi - 0.4 == pytest.approx(0.4 - lo)
 
 
 def _result(method: str, task: str, correct_by_round: list[list[int]], kind="multiple_choice",

@@ -20,7 +20,7 @@ class ScriptedEngine:
     """Answers wrong in round 1 and right from round 2 on (gold looked up from the prompt),
     so the per-round scores are known exactly; records every conversation it is sent."""
 
-    instances: list["ScriptedEngine"] = []
+    instances: list[ScriptedEngine] = []
 
     def __init__(self, cfg, gold_by_prompt: dict[str, str]) -> None:
         self.cfg, self.gold = cfg, gold_by_prompt
@@ -98,7 +98,7 @@ def test_mc_prompt_lists_lettered_options_and_asks_letter_first():
     p = EvalTask("arc_challenge", "multiple_choice", [item]).prompt(item)
     assert item.question in p and "A. " + item.choices[0] in p
     n = len(item.choices)
-    assert f'Begin your reply with "The answer is" followed by the letter of the correct option' in p
+    assert 'Begin your reply with "The answer is" followed by the letter of the correct option' in p
     assert ("(A, B, C or D)" if n == 4 else f"or {'ABCDE'[n - 1]})") in p
     assert "answer is X" not in p  # a placeholder small models copy verbatim
 
