@@ -17,8 +17,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ptr_ray.errors import PtrRayValueError
 
 __all__ = [
-    "ConfigError", "StrictModel", "apply_overrides", "dump_config", "load_config",
-    "one_line_error", "parse_override", "read_yaml",
+    "ConfigError",
+    "StrictModel",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+    "one_line_error",
+    "parse_override",
+    "read_yaml",
 ]
 
 _MAX_GOT_CHARS = 120  # an offending value longer than this is cut, so the error stays readable
@@ -86,8 +92,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = i == len(path) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {item!r}: {part!r} is not an index of a "
-                                      f"{len(node)}-item list")
+                    raise ConfigError(
+                        f"override {item!r}: {part!r} is not an index of a {len(node)}-item list"
+                    )
                 key: Any = int(part)
             elif isinstance(node, dict):
                 key = part

@@ -16,9 +16,19 @@ from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
 
 __all__ = [
-    "DEFAULT_STRONG_MODEL", "BuildCheckConfig", "BuildConfig", "CleanConfig", "ConsistencyConfig",
-    "DecontaminateConfig", "DedupeConfig", "OutputConfig", "PoolConfig", "QuerySourceConfig",
-    "SftMixConfig", "StrongConfig", "WeakConfig",
+    "DEFAULT_STRONG_MODEL",
+    "BuildCheckConfig",
+    "BuildConfig",
+    "CleanConfig",
+    "ConsistencyConfig",
+    "DecontaminateConfig",
+    "DedupeConfig",
+    "OutputConfig",
+    "PoolConfig",
+    "QuerySourceConfig",
+    "SftMixConfig",
+    "StrongConfig",
+    "WeakConfig",
 ]
 
 DEFAULT_STRONG_MODEL = "builtin:qwen2.5-coder-0.5b"

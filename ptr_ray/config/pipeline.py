@@ -19,6 +19,12 @@ from ptr_ray.config.train import TrainConfig
 
 __all__ = ["PipelineConfig"]
 
+TrainMode = Literal["ptr", "ift"]
+
+
+def _both_modes() -> list[TrainMode]:
+    return ["ptr", "ift"]
+
 
 class PipelineConfig(StrictModel):
     """``ptr-ray run``: build a dataset, train PTR and IFT models, evaluate base / IFT / PTR.
@@ -29,14 +35,18 @@ class PipelineConfig(StrictModel):
     """
 
     output_dir: str = Field("runs/pipeline", description="reused: finished stages are skipped")
-    base_model: str = Field("builtin:smollm2-135m", description="model fine-tuned and the Prompt baseline")
-    modes: list[Literal["ptr", "ift"]] = Field(default_factory=lambda: ["ptr", "ift"], min_length=1)
+    base_model: str = Field(
+        "builtin:smollm2-135m", description="model fine-tuned and the Prompt baseline"
+    )
+    modes: list[TrainMode] = Field(default_factory=_both_modes, min_length=1)
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="TrainConfig keys shared by the PTR and IFT runs (model/dataset/output_dir/mode are set by the pipeline)",
     )
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="methods are set by the pipeline")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="methods are set by the pipeline"
+    )
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=8))
 
     @model_validator(mode="after")
@@ -51,9 +61,14 @@ class PipelineConfig(StrictModel):
         """The TrainConfig of the ``mode`` run: the shared keys plus the pipeline's links."""
         root = Path(self.output_dir)
         try:
-            return TrainConfig.model_validate({
-                **self.train, "model": self.base_model, "mode": mode,
-                "dataset": str(root / "dataset"), "output_dir": str(root / f"train-{mode}"),
-            })
+            return TrainConfig.model_validate(
+                {
+                    **self.train,
+                    "model": self.base_model,
+                    "mode": mode,
+                    "dataset": str(root / "dataset"),
+                    "output_dir": str(root / f"train-{mode}"),
+                }
+            )
         except ValidationError as e:
             raise ValueError(one_line_error(e, prefix="train.")) from None

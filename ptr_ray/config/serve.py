@@ -20,10 +20,14 @@ __all__ = ["DeploymentConfig", "ServeConfig"]
 class DeploymentConfig(StrictModel):
     """Ray Serve options of one deployment (the ones a serve config's ``deployments:`` sets)."""
 
-    num_replicas: int | Literal["auto"] | None = Field(None, description="None: Serve's default (1)")
+    num_replicas: int | Literal["auto"] | None = Field(
+        None, description="None: Serve's default (1)"
+    )
     max_ongoing_requests: int = Field(16, ge=1, description="concurrent requests per replica")
     max_queued_requests: int = Field(
-        64, ge=-1, description="requests waiting per caller beyond which Serve answers 503 (-1: no limit)"
+        64,
+        ge=-1,
+        description="requests waiting per caller beyond which Serve answers 503 (-1: no limit)",
     )
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
@@ -41,8 +45,12 @@ class DeploymentConfig(StrictModel):
 
 def _default_engine_deployment() -> DeploymentConfig:
     # vLLM batches concurrent requests itself, so one engine replica takes many at once.
-    return DeploymentConfig(max_ongoing_requests=64, max_queued_requests=256,
-                            health_check_period_s=10, health_check_timeout_s=30)
+    return DeploymentConfig(
+        max_ongoing_requests=64,
+        max_queued_requests=256,
+        health_check_period_s=10,
+        health_check_timeout_s=30,
+    )
 
 
 class ServeConfig(StrictModel):
@@ -71,8 +79,10 @@ class ServeConfig(StrictModel):
     strict: bool = Field(True, description="unknown request fields are a 400 (else ignored)")
     api_key_env: str = Field("PTR_API_KEY", description="env var holding the bearer token")
     engine_timeout_s: float = Field(
-        60.0, gt=0, description="wait this long for the engine to start a round (first token), "
-        "e.g. while a crashed replica is replaced; then 503"
+        60.0,
+        gt=0,
+        description="wait this long for the engine to start a round (first token), "
+        "e.g. while a crashed replica is replaced; then 503",
     )
     engine_deployment: DeploymentConfig = Field(default_factory=_default_engine_deployment)
     ingress_deployment: DeploymentConfig = Field(

@@ -14,7 +14,11 @@ from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import PromptConfig, RayConfig
 
 __all__ = [
-    "DeepSpeedConfig", "LoraConfig", "LossConfig", "OptimConfig", "TrainConfig",
+    "DeepSpeedConfig",
+    "LoraConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
     "TrainScalingConfig",
 ]
 
@@ -43,8 +47,9 @@ class OptimConfig(StrictModel):
     """AdamW with linear warm-up then cosine (or constant) learning rate."""
 
     optimizer: Literal["torch", "deepspeed"] = Field(
-        "torch", description="torch: torch.optim.AdamW (no JIT build); deepspeed: DS AdamW "
-        "(FusedAdam on GPU, CPUAdam with offload; compiled on first use)"
+        "torch",
+        description="torch: torch.optim.AdamW (no JIT build); deepspeed: DS AdamW "
+        "(FusedAdam on GPU, CPUAdam with offload; compiled on first use)",
     )
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)

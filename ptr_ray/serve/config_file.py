@@ -13,13 +13,22 @@ from typing import Any
 from ptr_ray.errors import PtrRayValueError
 
 __all__ = [
-    "ENGINE_DEPLOYMENT_NAME", "INGRESS_DEPLOYMENT_NAME", "SERVE_FILE_KEYS", "serve_file_to_settings",
+    "ENGINE_DEPLOYMENT_NAME",
+    "INGRESS_DEPLOYMENT_NAME",
+    "SERVE_FILE_KEYS",
+    "serve_file_to_settings",
 ]
 
 ENGINE_DEPLOYMENT_NAME = "PTREngine"
 INGRESS_DEPLOYMENT_NAME = "PTRIngress"
-SERVE_FILE_KEYS = {"proxy_location", "http_options", "grpc_options", "logging_config",
-                   "applications", "target_capacity"}
+SERVE_FILE_KEYS = {
+    "proxy_location",
+    "http_options",
+    "grpc_options",
+    "logging_config",
+    "applications",
+    "target_capacity",
+}
 
 
 def serve_file_to_settings(data: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +51,10 @@ def serve_file_to_settings(data: dict[str, Any]) -> dict[str, Any]:
         out["app_name"] = app["name"]
     if "route_prefix" in app:
         out["route_prefix"] = app["route_prefix"]
-    names = {ENGINE_DEPLOYMENT_NAME: "engine_deployment", INGRESS_DEPLOYMENT_NAME: "ingress_deployment"}
+    names = {
+        ENGINE_DEPLOYMENT_NAME: "engine_deployment",
+        INGRESS_DEPLOYMENT_NAME: "ingress_deployment",
+    }
     for dep in app.get("deployments") or []:
         field = names.get(dep.get("name"))
         if field is None:
@@ -67,5 +79,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """``top`` over ``base``, section by section (a CLI override keeps the file's siblings)."""
     merged = dict(base)
     for k, v in top.items():
-        merged[k] = _deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = (
+            _deep_merge(merged[k], v)
+            if isinstance(v, dict) and isinstance(merged.get(k), dict)
+            else v
+        )
     return merged

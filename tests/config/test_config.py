@@ -13,8 +13,9 @@ from ptr_ray.config import (
 def test_yaml_then_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("query: hi\nengine:\n  model: builtin:smollm2-135m\n  max_model_len: 512\n")
-    cfg = load_config(SmokeConfig, p, ["engine.max_model_len=1024", "sampling.stop=[a, b]",
-                                       "engine.backend=hf"])
+    cfg = load_config(
+        SmokeConfig, p, ["engine.max_model_len=1024", "sampling.stop=[a, b]", "engine.backend=hf"]
+    )
     assert cfg.query == "hi"
     assert cfg.engine.max_model_len == 1024
     assert cfg.engine.backend == "hf"

@@ -45,8 +45,10 @@ def test_every_config_class_is_reexported_and_named_config():
 
 
 def test_import_does_not_load_ray_fastapi_or_vllm():
-    code = ("import sys, ptr_ray.config; "
-            "print([m for m in ('ray', 'fastapi', 'vllm', 'torch') if m in sys.modules])")
+    code = (
+        "import sys, ptr_ray.config; "
+        "print([m for m in ('ray', 'fastapi', 'vllm', 'torch') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -81,7 +83,9 @@ def test_serve_config_from_local_serve_file():
 def test_serve_file_with_two_applications_is_one_line_error():
     with pytest.raises(ValidationError) as e:
         ServeConfig.model_validate({"applications": [{}, {}]})
-    assert one_line_error(e.value) == "a ptr-ray serve config file must hold exactly one application"
+    assert (
+        one_line_error(e.value) == "a ptr-ray serve config file must hold exactly one application"
+    )
 
 
 def test_one_line_error_prefix_noun_and_long_values():
