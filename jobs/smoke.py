@@ -22,10 +22,10 @@ import sys
 import time
 from typing import Any
 
-from ptr_ray.cli import build_parser
-from ptr_ray.config import ConfigError, SmokeConfig, load_config
+from ptr_ray.cli import build_parser, configure_logging
+from ptr_ray.config import ConfigError, RayConfig, SmokeConfig, load_config
 
-log = logging.getLogger("ptr_ray.jobs.smoke")
+log = logging.getLogger(__name__)
 
 
 def _smoke_on_worker(cfg: SmokeConfig) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _smoke_on_worker(cfg: SmokeConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(["smoke", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         cfg = load_config(SmokeConfig, args.config, args.overrides)
     except ConfigError as e:
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from ptr_ray.ray_utils import ray_session
+
     # Inside `ray job submit` RAY_ADDRESS points at the cluster; "auto" finds a cluster started
     # with `ray start` on this machine. Neither starts a new Ray: a job must not run on a
     # private instance by accident.
     address = os.environ.get("RAY_ADDRESS") or "auto"
-    ray.init(address=address, log_to_driver=True)
-    try:
+    with ray_session(RayConfig(address=address)):
         res = ray.cluster_resources()
         log.info("connected to %s: %s CPU, %s GPU on %d node(s)", address, res.get("CPU", 0),
                  res.get("GPU", 0), len([n for n in ray.nodes() if n.get("Alive")]))
@@ -76,13 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("scheduling the smoke (%s) with %s CPU / %s GPU for %d model(s)",
                  cfg.engine.backend, cfg.engine.num_cpus, cfg.engine.num_gpus, len(cfg.models))
         out = ray.get(task.remote(cfg))
-    finally:
-        ray.shutdown()
 
     print(f"\nsmoke job ok: {len(out['answers'])} model(s) answered on node {out['node_ip']} "
           f"({out['hostname']}, GPUs {out['gpu_ids'] or 'none'}) in {out['seconds']:.1f}s, "
           f"python {out['python']}, ptr_ray {out['ptr_ray']}")
-    for source, answer in zip(cfg.models, out["answers"]):
+    for source, answer in zip(cfg.models, out["answers"], strict=True):
         preview = " ".join(answer.split())[:120]
         print(f"  {source}: {preview!r}")
     return 0

@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 
 from ptr_ray.config import ConfigError, load_config
+from ptr_ray.errors import PtrRayError
+
+log = logging.getLogger(__name__)
 
 # name -> (help, "module:ConfigClass", "module:function")
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -30,6 +33,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
              "ptr_ray.config:EvalConfig", "ptr_ray.eval.runner:run_eval"),
     "run": ("the end-to-end pipeline: build, train PTR and IFT, evaluate base/IFT/PTR",
             "ptr_ray.config:PipelineConfig", "ptr_ray.pipeline:run_pipeline"),
+    "experiment": ("the paper's comparison under a fixed protocol: base/IFT/PTR, tested hypotheses",
+                   "ptr_ray.config:ExperimentConfig", "ptr_ray.experiment.runner:run_experiment"),
     "smoke": ("load the packaged weak and strong models through vLLM and answer one query",
               "ptr_ray.config:SmokeConfig", "ptr_ray.smoke:run_smoke"),
 }
@@ -49,7 +54,7 @@ def _run_stage(name: str, args: argparse.Namespace) -> int:
     fn = _load(fn_target)
     t0 = time.time()
     fn(cfg)  # type: ignore[operator]
-    logging.getLogger("ptr_ray").info("%s finished in %.1fs", name, time.time() - t0)
+    log.info("%s finished in %.1fs", name, time.time() - t0)
     return 0
 
 
@@ -105,20 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool = False) -> None:
+    """The process's logging, set once by the entry point (this CLI, the job scripts).
+
+    Library modules only call ``logging.getLogger(__name__)``; Ray's workers get their logging
+    from the ``LoggingConfig`` that :func:`ptr_ray.ray_utils.init_ray` passes to Ray.
+    """
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"ptr-ray: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
-        # Library errors meant for users (ModelSourceError, DatasetError, ...) are ValueErrors
-        # with one-line messages: show the line, not a traceback.
+    except (PtrRayError, ValueError, FileNotFoundError) as e:
+        # Errors meant for users (PtrRayError: ModelSourceError, DatasetError, ...; and plain
+        # ValueErrors with one-line messages): show the line, not a traceback.
         if args.verbose:
             raise
         print(f"ptr-ray: error: {e}", file=sys.stderr)

@@ -9,7 +9,6 @@ folder into a cache, once. vLLM and DeepSpeed then load that folder like any oth
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
@@ -19,14 +18,16 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.fsutil import atomic_dir
+from ptr_ray.packaged import package_dir
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(PtrRayValueError):
     """A model source that cannot be resolved (unknown name, missing or corrupt package)."""
 
 
@@ -86,20 +87,10 @@ def is_prepared(name: str) -> bool:
     return (builtin_dir(name) / ".complete").is_file()
 
 
-def _package_dir(module: str, model: BuiltinModel) -> Path:
-    spec = importlib.util.find_spec(module)  # locate without importing the package's code
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(
-            f"builtin:{model.name} needs the package {module!r}, which is not installed; "
-            f"run: {model.pip}"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def chunk_paths(model: BuiltinModel) -> list[Path]:
     paths = []
     for module, chunk in zip(model.packages, model.chunks, strict=True):
-        p = _package_dir(module, model) / chunk
+        p = package_dir(module, model.pip, model.source, error=ModelSourceError) / chunk
         if not p.is_file():
             raise ModelSourceError(f"builtin:{model.name}: {p} is missing; reinstall: {model.pip}")
         paths.append(p)
@@ -195,7 +186,7 @@ def resolve_model(source: str) -> str:
 
 def list_builtins() -> list[dict[str, str | bool]]:
     """Rows for ``ptr-ray models list``: name, description, installed, prepared, path."""
-    rows = []
+    rows: list[dict[str, str | bool]] = []
     for m in BUILTINS.values():
         try:
             chunk_paths(m)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptr_ray.config import EvalMethodConfig, PipelineConfig, dump_config
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.records import STATS_FILE, DatasetError, data_files
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     """Run (or resume) every stage; returns the paths a user looks at next."""
     from ptr_ray.datagen.dataflow import run_build
     from ptr_ray.eval.runner import run_eval
-    from ptr_ray.ray_utils import init_ray
+    from ptr_ray.ray_utils import ray_session
     from ptr_ray.train.trainer import run_train
 
     t0 = time.time()
@@ -62,10 +63,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     total = 2 + len(cfg.modes)
     timings: dict[str, float] = {}
 
-    import ray
-
-    started = init_ray(cfg.ray)  # one Ray instance for all stages; each stage reuses it
-    try:
+    # One Ray instance for every stage: each stage finds it initialized, uses it and leaves it
+    # running; it stops when the pipeline is done (unless someone else had started it).
+    with ray_session(cfg.ray):
         # 1. dataset
         _stage(1, total, "build the refinement dataset (Ray Data + weak/strong vLLM)")
         dataset = root / "dataset"
@@ -80,8 +80,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
             stats = json.loads((dataset / STATS_FILE).read_text())
             dataset_changed = int(stats.get("rows_out") or 0) > 0
             if not dataset_finished(dataset):
-                raise ValueError(f"the build wrote no records into {dataset}; see its stats.json "
-                                 "and rejects file for why every row was dropped")
+                raise PtrRayValueError(
+                    f"the build wrote no records into {dataset}; see its stats.json and "
+                    "rejects file for why every row was dropped")
         timings["build"] = time.time() - t
 
         # 2. training, one run per mode
@@ -105,19 +106,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
                 run_train(tcfg)
             models[mode] = str(model_dir)
             timings[f"train_{mode}"] = time.time() - t
-    finally:
-        if started:
-            ray.shutdown()
 
-    # 3. evaluation: the base model with the refine instruction (the Prompt baseline), then
-    # each trained model, through the same refinement loop.
-    _stage(total, total, "evaluate base / " + " / ".join(m.upper() for m in cfg.modes) + " round by round")
-    methods = [EvalMethodConfig(name="base", model=cfg.base_model)]
-    methods += [EvalMethodConfig(name=mode, model=path) for mode, path in models.items()]
-    ecfg = cfg.eval.model_copy(update={"methods": methods, "output_dir": str(root / "eval")})
-    t = time.time()
-    run_eval(ecfg)
-    timings["eval"] = time.time() - t
+        # 3. evaluation: the base model with the refine instruction (the Prompt baseline),
+        # then each trained model, through the same refinement loop. With ``eval.ray`` unset it
+        # runs in this process; with it set, as a Ray task on this same instance.
+        _stage(total, total, "evaluate base / " + " / ".join(m.upper() for m in cfg.modes)
+               + " round by round")
+        methods = [EvalMethodConfig(name="base", model=cfg.base_model)]
+        methods += [EvalMethodConfig(name=mode, model=path) for mode, path in models.items()]
+        ecfg = cfg.eval.model_copy(update={"methods": methods, "output_dir": str(root / "eval")})
+        t = time.time()
+        run_eval(ecfg)
+        timings["eval"] = time.time() - t
     timings["total"] = time.time() - t0
 
     (root / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -125,8 +125,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     print(f"\nPipeline finished in {timings['total'] / 60:.1f} min "
           f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items() if k != 'total')}).")
     print(f"  dataset:  {dataset}  (stats.json: rows in/out and drops by reason)")
-    for mode, path in models.items():
-        print(f"  {mode} model: {path}")
+    for name, path in models.items():
+        print(f"  {name} model: {path}")
     print(f"  report:   {root / 'eval'}  (report.md, accuracy_by_round.png)")
     print("Serve the PTR model with N refinement rounds per request:")
     print(f"  ptr-ray serve --config serve_configs/local.yaml engine.model={ptr_model}")

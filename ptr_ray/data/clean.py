@@ -12,6 +12,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ptr_ray.errors import PtrRayValueError
+
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)\s]*(?:\s+\"[^\"]*\")?\)")
 _HTML_IMAGE = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
@@ -66,7 +68,7 @@ class Cleaner:
         strip_urls: bool = True, strip_images: bool = True,
     ) -> None:
         if min_tokens > max_tokens:
-            raise ValueError(f"clean.min_tokens ({min_tokens}) > clean.max_tokens ({max_tokens})")
+            raise PtrRayValueError(f"clean.min_tokens ({min_tokens}) > clean.max_tokens ({max_tokens})")
         self.count_tokens = count_tokens
         self.min_tokens, self.max_tokens = min_tokens, max_tokens
         self.strip_urls, self.strip_images = strip_urls, strip_images

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ptr_ray.data.benchmarks import words
+from ptr_ray.errors import PtrRayValueError
 
 
 def _hash(gram: list[str]) -> int:
@@ -27,7 +28,7 @@ class NgramDecontaminator:
 
     def __init__(self, references: Iterable[str], n: int = 13, min_words: int = 8) -> None:
         if n < 1:
-            raise ValueError(f"decontamination n-gram size must be >= 1, got {n}")
+            raise PtrRayValueError(f"decontamination n-gram size must be >= 1, got {n}")
         self.n, self.min_words = n, min(min_words, n)
         hashes: list[int] = []
         lengths: set[int] = set()

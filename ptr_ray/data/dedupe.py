@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.records import normalize_query, record_id
 
 
@@ -49,7 +50,7 @@ class NearDeduper:
         from datasketch import MinHashLSH
 
         if not 0 < threshold <= 1:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+            raise PtrRayValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
         self.threshold, self.num_perm, self.shingle_size, self.seed = threshold, num_perm, shingle_size, seed
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._sigs: dict[str, object] = {}

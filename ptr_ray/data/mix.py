@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 
+from ptr_ray.errors import PtrRayValueError
+
 
 def is_sft(rid: str, fraction: float, seed: int = 0) -> bool:
     """Whether the query with record id ``rid`` becomes an SFT row (deterministic)."""
     if not 0 <= fraction <= 1:
-        raise ValueError(f"sft fraction must be in [0, 1], got {fraction}")
+        raise PtrRayValueError(f"sft fraction must be in [0, 1], got {fraction}")
     if fraction == 0:
         return False
     h = hashlib.sha256(f"{seed}:{rid}".encode()).digest()

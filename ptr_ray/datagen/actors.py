@@ -66,10 +66,6 @@ class _EngineStage:
     def __init__(self, engine: EngineConfig, fault_file: str | None = None) -> None:
         from ptr_ray.engine import make_engine
 
-        logging.basicConfig(level=logging.INFO)
-        # vLLM's INFO start-up chatter from every actor drowns Ray Data's progress lines in the
-        # driver's log; a user who wants it exports VLLM_LOGGING_LEVEL (a runtime_env env var).
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         t0 = time.time()
         self.engine_cfg = engine
         self.engine = make_engine(engine)

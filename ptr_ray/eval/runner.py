@@ -235,16 +235,16 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     import ray
 
     assert cfg.ray is not None
-    from ptr_ray.ray_utils import init_ray
+    from ptr_ray.ray_utils import ray_session
 
-    init_ray(cfg.ray)
     gpus = max(m.engine.get("num_gpus", cfg.engine.num_gpus) for m in cfg.methods)
     cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
     if cfg.ray.address == "local":  # a local worker's cwd need not be ours
         cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate)
-    log.info("evaluating inside a Ray task (num_cpus=%s, num_gpus=%s)", cpus, gpus)
-    return ray.get(remote.remote(cfg))
+    with ray_session(cfg.ray):  # the pipeline's instance if it runs one, else our own
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate)
+        log.info("evaluating inside a Ray task (num_cpus=%s, num_gpus=%s)", cpus, gpus)
+        return ray.get(remote.remote(cfg))
 
 
 def run_eval(cfg: EvalConfig) -> EvalReport:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-log = logging.getLogger("ptr_ray.train")
+log = logging.getLogger(__name__)
 
 ADAPTER_MARK = "lora_"  # every peft LoRA parameter name contains it
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ptr_ray.config import TrainConfig, dump_config
 
-log = logging.getLogger("ptr_ray.train")
+log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
 
@@ -38,11 +38,7 @@ class TrainingFailed(RuntimeError):
 
 
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
-    env = {
-        "TOKENIZERS_PARALLELISM": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONWARNINGS": "ignore::FutureWarning",
-    }
+    env = {"PYTHONWARNINGS": "ignore::FutureWarning"}  # on top of ptr_ray.runtime_env's table
     if not cfg.scaling.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     return env

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("ptr_ray.train")
+log = logging.getLogger(__name__)
 
 CKPT_TAG = "ds"  # DeepSpeed tag inside every Ray checkpoint folder
 STATE_FILE = "train_state.json"
@@ -185,7 +185,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ptr_ray.train.encode import collate
     from ptr_ray.train.loss import lambdas_at, ptr_loss
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.model_validate(config["cfg"])
     records = config["records"]
     if isinstance(records, ray.ObjectRef):

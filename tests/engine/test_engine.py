@@ -1,7 +1,9 @@
 import pytest
 
 from ptr_ray.config import EngineConfig, SamplingConfig
-from ptr_ray.engine import HFEngine, _apply_stop, make_engine
+from ptr_ray.engine import HFEngine, PromptTooLongError, make_engine
+from ptr_ray.engine.hf import _apply_stop
+from ptr_ray.errors import PtrRayValueError
 
 CONV = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -29,8 +31,9 @@ def test_hf_engine_greedy_is_deterministic(hf_engine):
 
 def test_prompt_longer_than_context_is_clear_error(tiny_model_dir):
     eng = HFEngine(EngineConfig(model=str(tiny_model_dir), backend="hf", max_model_len=16))
-    with pytest.raises(ValueError, match="context"):
+    with pytest.raises(ValueError, match="context") as err:
         eng.generate([CONV], SamplingConfig(max_tokens=2))
+    assert isinstance(err.value, PromptTooLongError) and isinstance(err.value, PtrRayValueError)
 
 
 def test_stop_strings():
