@@ -16,7 +16,6 @@ import os
 import signal
 import threading
 import time
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,10 +30,10 @@ from ptr_ray.config import (
 from ptr_ray.serve.api import create_app
 from ptr_ray.serve.config_file import ENGINE_DEPLOYMENT_NAME, INGRESS_DEPLOYMENT_NAME
 from ptr_ray.serve.errors import APIError
+from ptr_ray.serve.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
-RECENT_REQUESTS = 2048
 DELTA_FLUSH_S = 0.02  # streamed token deltas are sent at most this often per round
 
 
@@ -42,46 +41,51 @@ DELTA_FLUSH_S = 0.02  # streamed token deltas are sent at most this often per ro
 class EngineDeployment:
     """One vLLM ``AsyncLLM`` (prefix caching on) per replica; requests are batched by vLLM."""
 
-    async def __init__(self, engine_cfg: dict[str, Any]) -> None:
+    # An async constructor (Serve awaits it), so loading the model does not block the replica.
+    async def __init__(self, engine_cfg: dict[str, Any]) -> None:  # type: ignore[misc]
         from ptr_ray.engine import AsyncVLLMEngine
 
         self.engine = AsyncVLLMEngine(EngineConfig.model_validate(engine_cfg))
-        self.counts: Counter[str] = Counter()
-        # request id -> "running" | "finished" | "cancelled" | "rejected": lets tests and
-        # operators see that a disconnected client's rounds really stopped.
-        self.recent: OrderedDict[str, str] = OrderedDict()
+        # Operators (and the integration tests, from outside) see on Ray's metrics endpoint
+        # that a disconnected client's rounds really stopped.
+        self.metrics = EngineMetrics()
 
-    def _mark(self, request_id: str, state: str) -> None:
-        self.counts[state] += 1
-        self.recent[request_id] = state
-        self.recent.move_to_end(request_id)
-        while len(self.recent) > RECENT_REQUESTS:
-            self.recent.popitem(last=False)
-
-    async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-                     request_id: str, deltas: bool = True) -> AsyncIterator[dict[str, Any]]:
-        """Token deltas (if ``deltas``), then the round's result (see api.EngineBackend).
+    async def stream(
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        deltas: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Token deltas (if ``deltas``), then the round's result (see session.EngineBackend).
 
         Every streamed item is a Ray object crossing processes, so deltas are coalesced into
         at most one item per DELTA_FLUSH_S, and a caller that does not stream asks for none.
         """
         from ptr_ray.engine import Generation, PromptTooLongError
 
-        self._mark(request_id, "running")
-        state = "cancelled"
+        self.metrics.started()
+        outcome = "cancelled"  # unless the round ends: the caller closed the stream
         pending: list[str] = []
         last_flush = time.monotonic()
         try:
-            async for item in self.engine.stream(messages, SamplingConfig.model_validate(sampling),
-                                                 request_id):
+            async for item in self.engine.stream(
+                messages, SamplingConfig.model_validate(sampling), request_id
+            ):
                 if isinstance(item, Generation):
                     if pending:
                         yield {"type": "delta", "text": "".join(pending)}
                     c = item.completions[0]
-                    state = "finished"
-                    yield {"type": "result", "text": c.text, "tokens": c.tokens,
-                           "finish_reason": c.finish_reason, "prompt_tokens": item.prompt_tokens,
-                           "cached_tokens": item.cached_tokens, "latency_s": item.latency_s}
+                    outcome = "finished"
+                    yield {
+                        "type": "result",
+                        "text": c.text,
+                        "tokens": c.tokens,
+                        "finish_reason": c.finish_reason,
+                        "prompt_tokens": item.prompt_tokens,
+                        "cached_tokens": item.cached_tokens,
+                        "latency_s": item.latency_s,
+                    }
                 elif deltas:
                     pending.append(item)
                     now = time.monotonic()
@@ -90,32 +94,23 @@ class EngineDeployment:
                         pending.clear()
                         last_flush = now
         except PromptTooLongError as e:
-            state = "rejected"
-            yield {"type": "error", "status": 400, "code": "context_length_exceeded", "message": str(e)}
+            outcome = "rejected"
+            yield {
+                "type": "error",
+                "status": 400,
+                "code": "context_length_exceeded",
+                "message": str(e),
+            }
         finally:
-            self._mark(request_id, state)
-
-    async def generate(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-                       request_id: str | None = None) -> dict[str, Any]:
-        """One whole round without streaming (for direct handle callers and benchmarks)."""
-        g = await self.engine.generate(messages, SamplingConfig.model_validate(sampling), request_id)
-        c = g.completions[0]
-        return {"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
-                "prompt_tokens": g.prompt_tokens, "cached_tokens": g.cached_tokens,
-                "latency_s": g.latency_s}
+            self.metrics.ended(outcome)
 
     def info(self) -> dict[str, Any]:
-        return {"model_path": self.engine.model_path, "max_model_len": self.engine.max_model_len,
-                "pid": os.getpid(), "prefix_caching": self.engine.cfg.enable_prefix_caching}
-
-    def pid(self) -> int:
-        """The replica's process id (the fault-tolerance test kills it)."""
-        return os.getpid()
-
-    def stats(self, prefix: str | None = None) -> dict[str, Any]:
-        states = {k: v for k, v in self.recent.items() if prefix is None or k.startswith(prefix)}
-        return {"counts": dict(self.counts), "requests": states,
-                "unfinished": self.engine.llm.get_num_unfinished_requests()}
+        """What ``GET /v1/models`` reports about the engine."""
+        return {
+            "model_path": self.engine.model_path,
+            "max_model_len": self.engine.max_model_len,
+            "prefix_caching": self.engine.cfg.enable_prefix_caching,
+        }
 
     async def check_health(self) -> None:
         """Serve calls this periodically; a dead engine core makes Serve replace the replica."""
@@ -128,15 +123,20 @@ class EngineDeployment:
 
 
 class HandleBackend:
-    """The ingress's view of the engine deployment (ptr_ray.serve.api.EngineBackend)."""
+    """The ingress's view of the engine deployment (ptr_ray.serve.session.EngineBackend)."""
 
     def __init__(self, handle: DeploymentHandle, first_item_timeout_s: float = 60.0) -> None:
         self.handle = handle
         self._streaming = handle.options(stream=True)
         self.first_item_timeout_s = first_item_timeout_s
 
-    async def stream(self, messages: list[dict[str, str]], sampling: dict[str, Any],
-                     request_id: str, deltas: bool = True) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        deltas: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Items of one round. The first must come within ``first_item_timeout_s``: a request
         that meets no live engine replica (one is being replaced) gets a 503, not a hang."""
         gen = self._streaming.stream.remote(messages, sampling, request_id, deltas)
@@ -147,11 +147,15 @@ class HandleBackend:
                 first = await asyncio.wait_for(it.__anext__(), self.first_item_timeout_s)
             except StopAsyncIteration:
                 first = None
-            except asyncio.TimeoutError:
-                raise APIError(503, f"the engine did not start the round within "
-                                    f"{self.first_item_timeout_s:.0f}s (overloaded or restarting); "
-                                    "retry", code="engine_unavailable",
-                               headers={"Retry-After": "5"}) from None
+            except TimeoutError:
+                raise APIError(
+                    503,
+                    f"the engine did not start the round within "
+                    f"{self.first_item_timeout_s:.0f}s (overloaded or restarting); "
+                    "retry",
+                    code="engine_unavailable",
+                    headers={"Retry-After": "5"},
+                ) from None
             if first is not None:
                 yield first
                 async for item in it:
@@ -184,17 +188,28 @@ def _unavailable(e: BaseException) -> APIError:
     if isinstance(e, APIError):
         return e
     if isinstance(e, BackPressureError):
-        return APIError(503, f"the engine is overloaded ({e.message}); retry later",
-                        code="overloaded", headers={"Retry-After": "1"})
+        return APIError(
+            503,
+            f"the engine is overloaded ({e.message}); retry later",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
     log.warning("engine call failed: %s: %s", type(e).__name__, e)
-    return APIError(503, f"the engine is unavailable ({type(e).__name__}); retry shortly",
-                    code="engine_unavailable", headers={"Retry-After": "2"})
+    return APIError(
+        503,
+        f"the engine is unavailable ({type(e).__name__}); retry shortly",
+        code="engine_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT_NAME)
 @serve.ingress()
 class IngressDeployment:
-    """The FastAPI app (ptr_ray.serve.api), built inside each replica around the handle."""
+    """The FastAPI app (ptr_ray.serve.api), built inside each replica around the handle.
+
+    Built in ``__serve_build_asgi_app__`` rather than at import time, so each replica's app
+    holds its own handle and metrics."""
 
     def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(settings)
@@ -210,9 +225,11 @@ def build_application(cfg: ServeConfig):
     actor = {"num_cpus": cfg.engine.num_cpus, "num_gpus": cfg.engine.num_gpus}
     actor.update(eng_opts.get("ray_actor_options") or {})
     eng_opts["ray_actor_options"] = actor
-    engine = EngineDeployment.options(**eng_opts).bind(cfg.engine.model_dump(mode="json"))
-    return IngressDeployment.options(**cfg.ingress_deployment.serve_options()).bind(
-        engine, cfg.model_dump(mode="json")
+    # @serve.deployment turned the classes into Deployments; mypy ignores class decorators.
+    engine_dep = EngineDeployment.options(**eng_opts)  # type: ignore[attr-defined]
+    ingress_dep = IngressDeployment.options(**cfg.ingress_deployment.serve_options())  # type: ignore[attr-defined]
+    return ingress_dep.bind(
+        engine_dep.bind(cfg.engine.model_dump(mode="json")), cfg.model_dump(mode="json")
     )
 
 
@@ -246,12 +263,19 @@ def run_serve(cfg: ServeConfig) -> None:
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         t0 = time.time()
-        log.info("deploying %s (engine: %s); the first start loads the model", cfg.app_name, cfg.engine.model)
+        log.info(
+            "deploying %s (engine: %s); the first start loads the model",
+            cfg.app_name,
+            cfg.engine.model,
+        )
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
         url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
         auth = f" (bearer token from ${cfg.api_key_env})" if key else ""
-        print(f"ptr-ray serve: {cfg.served_model_name} ready at {url}{auth} after "
-              f"{time.time() - t0:.0f}s; Ctrl-C stops", flush=True)
+        print(
+            f"ptr-ray serve: {cfg.served_model_name} ready at {url}{auth} after "
+            f"{time.time() - t0:.0f}s; Ctrl-C stops",
+            flush=True,
+        )
         for s in previous:
             signal.signal(s, lambda *_: stop.set())
         while not stop.wait(1.0):
@@ -270,5 +294,11 @@ def run_serve(cfg: ServeConfig) -> None:
                 ray.shutdown()
 
 
-__all__ = ["EngineDeployment", "IngressDeployment", "HandleBackend", "build_app",
-           "build_application", "run_serve"]
+__all__ = [
+    "EngineDeployment",
+    "IngressDeployment",
+    "HandleBackend",
+    "build_app",
+    "build_application",
+    "run_serve",
+]

@@ -14,14 +14,16 @@ from typing import Any, TextIO
 
 import httpx
 
+from ptr_ray.errors import PtrRayValueError
 
-class ServerError(ValueError):
+
+class ServerError(PtrRayValueError):
     """The server answered with an error; the message is the server's own one-liner."""
 
 
 def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
     """(event, data) pairs from SSE text lines; ``data: [DONE]`` ends the stream."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if line == "":
             if data:
@@ -47,13 +49,19 @@ def _error_message(resp: httpx.Response) -> str:
         return resp.text.strip()[:200] or resp.reason_phrase
 
 
-def refine_stream(url: str, body: dict[str, Any], api_key: str | None = None,
-                  timeout: float = 600.0) -> Iterator[tuple[str, Any]]:
+def refine_stream(
+    url: str, body: dict[str, Any], api_key: str | None = None, timeout: float = 600.0
+) -> Iterator[tuple[str, Any]]:
     """POST /v1/refine with ``stream: true``; yield its (event, data) pairs."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with httpx.stream("POST", url.rstrip("/") + "/v1/refine", json={**body, "stream": True},
-                          headers=headers, timeout=httpx.Timeout(timeout, connect=10)) as resp:
+        with httpx.stream(
+            "POST",
+            url.rstrip("/") + "/v1/refine",
+            json={**body, "stream": True},
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10),
+        ) as resp:
             if resp.status_code != 200:
                 resp.read()
                 raise ServerError(f"server answered {resp.status_code}: {_error_message(resp)}")
@@ -62,7 +70,9 @@ def refine_stream(url: str, body: dict[str, Any], api_key: str | None = None,
                     raise ServerError(f"server error: {data['error']['message']}")
                 yield event, data
     except httpx.ConnectError as e:
-        raise ServerError(f"no ptr-ray server at {url} ({e}); start one with `ptr-ray serve`") from None
+        raise ServerError(
+            f"no ptr-ray server at {url} ({e}); start one with `ptr-ray serve`"
+        ) from None
     except httpx.TimeoutException:
         raise ServerError(f"{url} did not answer within {timeout:.0f}s") from None
 
@@ -91,8 +101,10 @@ def refine_command(args: Any, out: TextIO | None = None) -> int:
                 out.write(f"── round {data['round']} ──\n{data['answer']}")
             open_round = data["round"]
             cached = f"{data['cached_tokens']}/{data['prompt_tokens']} prompt tokens cached"
-            out.write(f"\n   [{data['tokens']} tokens, {data['finish_reason']}, "
-                      f"{data['latency_s']:.2f}s, {cached}]\n")
+            out.write(
+                f"\n   [{data['tokens']} tokens, {data['finish_reason']}, "
+                f"{data['latency_s']:.2f}s, {cached}]\n"
+            )
             out.flush()
         elif event == "done":
             why = f" (stopped early: {data['stop_reason']})" if data["stopped_early"] else ""

@@ -17,19 +17,36 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ptr_ray.errors import PtrRayError
+
 log = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
-          500: "server_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    500: "server_error",
+}
 
 
-class APIError(Exception):
-    """An error with an HTTP status and an OpenAI-style body."""
+class APIError(PtrRayError):
+    """An error with an HTTP status and an OpenAI-style body; the app's handler turns it into
+    the response, so code at any depth can refuse a request with one ``raise``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -44,10 +61,17 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def error_body(status: int, message: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def validation_error(err: ValidationError | RequestValidationError) -> APIError:
@@ -63,7 +87,9 @@ def validation_error(err: ValidationError | RequestValidationError) -> APIError:
         msg = f"missing field '{param}'"
     elif param:
         got = first.get("input")
-        got_txt = "" if isinstance(got, (dict, list)) else f" (got {json.dumps(got, default=str)[:80]})"
+        got_txt = (
+            "" if isinstance(got, (dict, list)) else f" (got {json.dumps(got, default=str)[:80]})"
+        )
         msg = f"'{param}': {msg.removeprefix('Value error, ')}{got_txt}"
     else:
         msg = msg.removeprefix("Value error, ")
@@ -84,14 +110,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(json.JSONDecodeError)
     async def _bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
-        return APIError(400, f"request body is not valid JSON: {exc.msg} at position {exc.pos}",
-                        code="invalid_json").response()
+        return APIError(
+            400,
+            f"request body is not valid JSON: {exc.msg} at position {exc.pos}",
+            code="invalid_json",
+        ).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+        return APIError(
+            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error while serving a request")
-        return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()
+        return APIError(
+            500, f"internal error: {type(exc).__name__}", code="internal_error"
+        ).response()

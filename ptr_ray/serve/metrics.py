@@ -1,6 +1,8 @@
-"""Serving metrics through ``ray.util.metrics``: they land on Ray's Prometheus endpoint and
-the dashboard next to Serve's own. Outside Ray (unit tests of the FastAPI app) they are
-counted in-process only, so the same code runs in both places."""
+"""Serving metrics through Ray's metrics API: they land on Ray's Prometheus endpoint and the
+dashboard next to Serve's own. :class:`ServeMetrics` counts what the ingress sees (requests,
+rounds, tokens, cancellations); outside Ray (unit tests of the FastAPI app) it counts
+in-process only, so the same code runs in both places. :class:`EngineMetrics` counts what an
+engine replica sees (rounds started, and how each ended)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ class ServeMetrics:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.local: dict[str, float] = defaultdict(float)  # also readable in tests
+        self.local: dict[str, float] = defaultdict(float)  # in-process totals, Ray or not
         self._lock = threading.Lock()
         self._ray: dict[str, Any] = {}
         try:
@@ -27,23 +29,46 @@ class ServeMetrics:
 
                 keys = ("route", "status")
                 self._ray = {
-                    "requests": m.Counter("ptr_requests_total", "refinement requests by route and status", tag_keys=keys),
-                    "rounds": m.Counter("ptr_rounds_total", "refinement rounds generated", tag_keys=("model",)),
-                    "round_latency": m.Histogram("ptr_round_latency_seconds", "latency of one refinement round",
-                                                 boundaries=ROUND_LATENCY_BOUNDARIES, tag_keys=("model",)),
-                    "tokens": m.Counter("ptr_tokens_total", "tokens by kind (prompt, completion, cached)",
-                                        tag_keys=("model", "kind")),
-                    "stopped_early": m.Counter("ptr_stopped_early_total", "requests ended by stop_when_stable",
-                                               tag_keys=("model",)),
-                    "cancelled": m.Counter("ptr_cancelled_total", "requests whose client went away",
-                                           tag_keys=("model",)),
+                    "requests": m.Counter(
+                        "ptr_requests_total",
+                        "refinement requests by route and status",
+                        tag_keys=keys,
+                    ),
+                    "rounds": m.Counter(
+                        "ptr_rounds_total", "refinement rounds generated", tag_keys=("model",)
+                    ),
+                    "round_latency": m.Histogram(
+                        "ptr_round_latency_seconds",
+                        "latency of one refinement round",
+                        boundaries=ROUND_LATENCY_BOUNDARIES,
+                        tag_keys=("model",),
+                    ),
+                    "tokens": m.Counter(
+                        "ptr_tokens_total",
+                        "tokens by kind (prompt, completion, cached)",
+                        tag_keys=("model", "kind"),
+                    ),
+                    "stopped_early": m.Counter(
+                        "ptr_stopped_early_total",
+                        "requests ended by stop_when_stable",
+                        tag_keys=("model",),
+                    ),
+                    "cancelled": m.Counter(
+                        "ptr_cancelled_total",
+                        "requests whose client went away",
+                        tag_keys=("model",),
+                    ),
                 }
         except Exception:  # pragma: no cover - metrics must never break serving
             self._ray = {}
 
     def _inc(self, key: str, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
         with self._lock:
-            self.local[key if not tags else key + ":" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))] += value
+            self.local[
+                key
+                if not tags
+                else key + ":" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+            ] += value
         metric = self._ray.get(key.split(":")[0])
         if metric is not None and value:
             metric.inc(value, tags=tags)
@@ -51,14 +76,20 @@ class ServeMetrics:
     def request(self, route: str, status: int) -> None:
         self._inc("requests", 1, {"route": route, "status": str(status)})
 
-    def round(self, latency_s: float, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+    def round(
+        self, latency_s: float, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+    ) -> None:
         tags = {"model": self.model}
         self._inc("rounds", 1, tags)
         with self._lock:
             self.local["round_latency_sum"] += latency_s
         if "round_latency" in self._ray:
             self._ray["round_latency"].observe(latency_s, tags=tags)
-        for kind, n in (("prompt", prompt_tokens), ("completion", completion_tokens), ("cached", cached_tokens)):
+        for kind, n in (
+            ("prompt", prompt_tokens),
+            ("completion", completion_tokens),
+            ("cached", cached_tokens),
+        ):
             self._inc("tokens", n, {"model": self.model, "kind": kind})
 
     def stopped_early(self) -> None:
@@ -66,3 +97,41 @@ class ServeMetrics:
 
     def cancelled(self) -> None:
         self._inc("cancelled", 1, {"model": self.model})
+
+
+class EngineMetrics:
+    """Rounds of one engine replica: how many started and how each ended.
+
+    ``outcome`` is ``finished``, ``cancelled`` (the caller went away mid-round: the client
+    disconnected, so the request was aborted inside vLLM) or ``rejected`` (prompt too long).
+    Started minus ended is the work in flight. Made with ``ray.serve.metrics``, so Serve tags
+    every series with its application, deployment and replica.
+    """
+
+    OUTCOMES = ("finished", "cancelled", "rejected")
+
+    def __init__(self) -> None:
+        self._started: Any = None
+        self._ended: Any = None
+        try:
+            from ray.serve import metrics as m
+
+            self._started = m.Counter(
+                "ptr_engine_rounds_started_total", description="rounds an engine replica started"
+            )
+            self._ended = m.Counter(
+                "ptr_engine_rounds_total",
+                tag_keys=("outcome",),
+                description="rounds an engine replica ended, by outcome "
+                "(finished, cancelled, rejected)",
+            )
+        except Exception:  # pragma: no cover - metrics must never break serving
+            self._started = self._ended = None
+
+    def started(self) -> None:
+        if self._started is not None:
+            self._started.inc(1)
+
+    def ended(self, outcome: str) -> None:
+        if self._ended is not None:
+            self._ended.inc(1, tags={"outcome": outcome})

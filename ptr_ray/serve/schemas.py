@@ -3,7 +3,7 @@
 Each body has a strict variant (unknown fields are an error, so a typo such as ``round``
 instead of ``rounds`` is reported instead of silently ignored) and a lenient one; the server's
 ``strict`` setting picks. Limits that depend on the server's config (``max_rounds``,
-``max_tokens_cap``) are checked in :mod:`ptr_ray.serve.api`, which knows the config.
+``max_tokens_cap``) are checked in :mod:`ptr_ray.serve.deps`, which knows the config.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ class ChatMessage(BaseModel):
         if isinstance(v, list):
             for part in v:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+                    raise ValueError(
+                        "only text content parts ({'type': 'text', 'text': ...}) are supported"
+                    )
         return v
 
     def text(self) -> str:
@@ -66,7 +68,7 @@ class RefineRequest(_Sampling):
     model: str | None = None
 
     @model_validator(mode="after")
-    def _one_input(self) -> "RefineRequest":
+    def _one_input(self) -> RefineRequest:
         if (self.query is None) == (self.messages is None):
             raise ValueError("give exactly one of 'query' or 'messages'")
         if self.query is not None and not self.query.strip():
@@ -101,12 +103,16 @@ class ChatCompletionRequest(_Sampling):
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="not supported: 0 only")
 
     @model_validator(mode="after")
-    def _check(self) -> "ChatCompletionRequest":
+    def _check(self) -> ChatCompletionRequest:
         _check_messages(self.messages)
         return self
 
     def effective_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
 
 
 class LenientChatCompletionRequest(ChatCompletionRequest):

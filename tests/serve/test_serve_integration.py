@@ -1,7 +1,8 @@
 """The real serving path: Ray Serve + FastAPI ingress + vLLM engine deployment (tiny model).
 
 One application is deployed for the module (about 30 s to start); tests share it and the
-replica-kill test runs last.
+replica-kill test runs last. The deployment has no test hooks: tests watch it from outside,
+through Ray's Prometheus endpoint (what an operator sees) and the process table.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import httpx
@@ -18,6 +20,7 @@ import pytest
 
 from ptr_ray.config import ServeConfig
 from ptr_ray.serve.client import iter_sse, refine_command
+from ptr_ray.serve.config_file import ENGINE_DEPLOYMENT_NAME
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -42,24 +45,44 @@ def server(ray_local, tiny_model_dir):
     from ptr_ray.serve.app import build_application
 
     port = _free_port()
-    cfg = ServeConfig.model_validate({
-        "engine": {"model": str(tiny_model_dir), "dtype": "float32", "max_model_len": 1024,
-                   "max_num_seqs": 16},
-        "host": "127.0.0.1", "port": port, "app_name": APP, "model_name": "tiny",
-        "max_rounds": 8, "max_tokens_cap": 512, "default_max_tokens": 32, "engine_timeout_s": 15,
-        # Small ingress limits so the overload test can fill them with a handful of requests.
-        "ingress_deployment": {"max_ongoing_requests": 4, "max_queued_requests": 2,
-                               "ray_actor_options": {"num_cpus": 0.5,
-                                                     "runtime_env": {"env_vars": {"PTR_API_KEY": KEY}}}},
-        "engine_deployment": {"max_ongoing_requests": 64, "max_queued_requests": 64,
-                              "health_check_period_s": 2, "health_check_timeout_s": 30},
-    })
+    cfg = ServeConfig.model_validate(
+        {
+            "engine": {
+                "model": str(tiny_model_dir),
+                "dtype": "float32",
+                "max_model_len": 1024,
+                "max_num_seqs": 16,
+            },
+            "host": "127.0.0.1",
+            "port": port,
+            "app_name": APP,
+            "model_name": "tiny",
+            "max_rounds": 8,
+            "max_tokens_cap": 512,
+            "default_max_tokens": 32,
+            "engine_timeout_s": 15,
+            # Small ingress limits so the overload test can fill them with a handful of requests.
+            "ingress_deployment": {
+                "max_ongoing_requests": 4,
+                "max_queued_requests": 2,
+                "ray_actor_options": {
+                    "num_cpus": 0.5,
+                    "runtime_env": {"env_vars": {"PTR_API_KEY": KEY}},
+                },
+            },
+            "engine_deployment": {
+                "max_ongoing_requests": 64,
+                "max_queued_requests": 64,
+                "health_check_period_s": 2,
+                "health_check_timeout_s": 30,
+            },
+        }
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     t0 = time.time()
     serve.run(build_application(cfg), name=APP, route_prefix="/")
     print(f"serve app ready in {time.time() - t0:.1f}s")
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", cfg=cfg,
-                          engine=serve.get_deployment_handle("PTREngine", app_name=APP))
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", cfg=cfg)
     serve.shutdown()
 
 
@@ -84,13 +107,21 @@ def test_refine_rounds_use_the_prefix_cache(server):
     assert rounds[0]["prompt_tokens"] < rounds[1]["prompt_tokens"] < rounds[2]["prompt_tokens"]
     assert all(x["tokens"] >= 1 and x["finish_reason"] in ("stop", "length") for x in rounds)
     # the earlier rounds' tokens come from the engine's prefix cache
-    assert rounds[1]["cached_tokens"] >= 128 and rounds[2]["cached_tokens"] >= rounds[1]["cached_tokens"]
+    assert (
+        rounds[1]["cached_tokens"] >= 128
+        and rounds[2]["cached_tokens"] >= rounds[1]["cached_tokens"]
+    )
     assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 256
 
 
 def test_refine_stream_deltas_match_rounds(server):
-    with httpx.stream("POST", server.url + "/v1/refine", headers=AUTH, timeout=120,
-                      json={"query": "What is 2+2?", "rounds": 2, "max_tokens": 12, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/refine",
+        headers=AUTH,
+        timeout=120,
+        json={"query": "What is 2+2?", "rounds": 2, "max_tokens": 12, "stream": True},
+    ) as r:
         assert r.status_code == 200
         evs = list(iter_sse(r.iter_lines()))
     kinds = [e for e, _ in evs]
@@ -102,8 +133,11 @@ def test_refine_stream_deltas_match_rounds(server):
 
 def test_stop_when_stable_on_a_repeating_model(server):
     # greedy decoding of the same random model repeats itself: round 2 == round 1
-    r = post(server, "/v1/refine", {"query": "hello", "rounds": 6, "max_tokens": 8,
-                                    "stop_when_stable": True})
+    r = post(
+        server,
+        "/v1/refine",
+        {"query": "hello", "rounds": 6, "max_tokens": 8, "stop_when_stable": True},
+    )
     body = r.json()
     answers = [x["answer"] for x in body["rounds"]]
     assert body["stopped_early"] and body["stop_reason"] == "stable", answers
@@ -113,34 +147,52 @@ def test_stop_when_stable_on_a_repeating_model(server):
 def test_openai_client_gets_refined_answer_and_stream(server):
     openai = pytest.importorskip("openai")
     oa = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=120, max_retries=0)
-    resp = oa.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                      max_tokens=10, extra_body={"refinement_rounds": 2})
+    resp = oa.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+        extra_body={"refinement_rounds": 2},
+    )
     assert isinstance(resp.choices[0].message.content, str)
     assert resp.usage.completion_tokens >= 2 and resp.usage.total_tokens > resp.usage.prompt_tokens
     assert len(resp.model_extra["refinement"]["rounds"]) == 2
     assert resp.choices[0].message.content == resp.model_extra["refinement"]["rounds"][-1]["answer"]
-    stream = oa.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                        max_tokens=10, stream=True, extra_body={"refinement_rounds": 2},
-                                        stream_options={"include_usage": True})
+    stream = oa.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+        stream=True,
+        extra_body={"refinement_rounds": 2},
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    rounds = [c.model_extra["refinement"] for c in chunks if (c.model_extra or {}).get("refinement")]
+    rounds = [
+        c.model_extra["refinement"] for c in chunks if (c.model_extra or {}).get("refinement")
+    ]
     assert rounds[1]["answer"] == content and chunks[-1].usage.completion_tokens >= 2
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-@pytest.mark.parametrize("body,status,message", [
-    ({"rounds": 2}, 400, "exactly one of 'query' or 'messages'"),
-    ({"query": ""}, 400, "'query' is empty"),
-    ({"query": "q", "rounds": "x"}, 400, "'rounds'"),
-    ({"query": "q", "rounds": 9}, 400, "at most 8"),
-    ({"query": "q", "rounds": 0}, 400, "'rounds'"),
-    ({"query": "q", "max_tokens": 4096}, 400, "at most 512"),
-    ({"query": "q", "bogus": True}, 400, "unknown field 'bogus'"),
-    ({"query": "The quick brown fox. " * 400}, 400, "the model's context is 1024"),
-    ({"query": "The quick brown fox. " * 400, "stream": True}, 400, "the model's context is 1024"),
-])
+@pytest.mark.parametrize(
+    "body,status,message",
+    [
+        ({"rounds": 2}, 400, "exactly one of 'query' or 'messages'"),
+        ({"query": ""}, 400, "'query' is empty"),
+        ({"query": "q", "rounds": "x"}, 400, "'rounds'"),
+        ({"query": "q", "rounds": 9}, 400, "at most 8"),
+        ({"query": "q", "rounds": 0}, 400, "'rounds'"),
+        ({"query": "q", "max_tokens": 4096}, 400, "at most 512"),
+        ({"query": "q", "bogus": True}, 400, "unknown field 'bogus'"),
+        ({"query": "The quick brown fox. " * 400}, 400, "the model's context is 1024"),
+        (
+            {"query": "The quick brown fox. " * 400, "stream": True},
+            400,
+            "the model's context is 1024",
+        ),
+    ],
+)
 def test_bad_input_gets_a_4xx_over_http(server, body, status, message):
     r = post(server, "/v1/refine", body, timeout=60)
     assert r.status_code == status, r.text
@@ -148,44 +200,89 @@ def test_bad_input_gets_a_4xx_over_http(server, body, status, message):
 
 
 def test_invalid_json_over_http(server):
-    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', timeout=60,
-                   headers={**AUTH, "content-type": "application/json"})
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=b'{"messages": [',
+        timeout=60,
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_refine_cli_prints_rounds(server, capsys, monkeypatch):
     monkeypatch.setenv("PTR_API_KEY", KEY)
-    args = SimpleNamespace(query="What is 2+2?", rounds=2, url=server.url, max_tokens=8,
-                           temperature=0.0, api_key=None)
+    args = SimpleNamespace(
+        query="What is 2+2?", rounds=2, url=server.url, max_tokens=8, temperature=0.0, api_key=None
+    )
     assert refine_command(args) == 0
     out = capsys.readouterr().out
-    assert "── round 1 ──" in out and "── round 2 ──" in out and "final answer after 2 round(s)" in out
+    assert (
+        "── round 1 ──" in out and "── round 2 ──" in out and "final answer after 2 round(s)" in out
+    )
 
 
-def _engine_stats(server, prefix=None):
-    return server.engine.stats.remote(prefix).result(timeout_s=30)
+# Ray exports metrics every metrics_report_interval_ms (10 s by default): a reading that held
+# still for longer than that has no counts still on their way.
+METRICS_SETTLE_S = 12.0
+
+
+def _serve_metrics() -> Counter:
+    """This app's round counters as Ray's Prometheus endpoint shows them, summed over replicas:
+    ``started``, one key per engine outcome, and ``ingress_cancelled`` (runs whose client left)."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    out: Counter = Counter()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if (
+                s.name == "ray_ptr_engine_rounds_started_total"
+                and s.labels.get("application") == APP
+            ):
+                out["started"] += s.value
+            elif s.name == "ray_ptr_engine_rounds_total" and s.labels.get("application") == APP:
+                out[s.labels["outcome"]] += s.value
+            elif s.name == "ray_ptr_cancelled_total" and s.labels.get("model") == "tiny":
+                out["ingress_cancelled"] += s.value
+    return out
+
+
+def _settled_metrics(timeout: float = 120.0) -> Counter:
+    """The counters once no round is in flight and nothing is still being exported."""
+    last, since = None, time.time()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        now = _serve_metrics()
+        in_flight = now["started"] - sum(now[k] for k in ("finished", "cancelled", "rejected"))
+        if now != last:
+            last, since = now, time.time()
+        elif in_flight == 0 and time.time() - since >= METRICS_SETTLE_S:
+            return now
+        time.sleep(1.0)
+    raise AssertionError(f"engine round metrics did not settle: {last}")
 
 
 def test_client_disconnect_cancels_remaining_rounds(server):
-    with httpx.stream("POST", server.url + "/v1/refine", headers=AUTH, timeout=120,
-                      json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400,
-                            "stream": True}) as r:
-        rid = r.headers["x-ptr-request-id"]
+    before = _settled_metrics()
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/refine",
+        headers=AUTH,
+        timeout=120,
+        json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400, "stream": True},
+    ) as r:
         for event, data in iter_sse(r.iter_lines()):
             if event == "delta" and data["round"] == 2:
                 break  # leave while round 2 is being generated
     # A server that kept going would start a new 400-token round every second or so.
     time.sleep(6)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        states = _engine_stats(server, rid)["requests"]
-        if "running" not in states.values():
-            break
-        time.sleep(0.5)
-    assert states.get(f"{rid}-r1") == "finished", states
-    assert states.get(f"{rid}-r2") == "cancelled", states  # aborted inside vLLM
-    assert len(states) == 2, states  # rounds 3..8 never started
-    assert _engine_stats(server)["unfinished"] == 0
+    delta = _settled_metrics() - before
+    assert delta["finished"] == 1, delta  # round 1
+    assert delta["cancelled"] == 1, delta  # round 2, aborted inside vLLM
+    assert delta["started"] == 2, delta  # rounds 3..8 never started
+    assert delta["ingress_cancelled"] == 1, delta
 
 
 def test_overload_gets_503_quickly(server):
@@ -193,9 +290,12 @@ def test_overload_gets_503_quickly(server):
 
     async def one(client, answered, all_answered):
         t0 = time.time()
-        async with client.stream("POST", server.url + "/v1/refine", headers=AUTH,
-                                 json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400,
-                                       "stream": True}) as r:
+        async with client.stream(
+            "POST",
+            server.url + "/v1/refine",
+            headers=AUTH,
+            json={"query": "Tell me a story.", "rounds": 8, "max_tokens": 400, "stream": True},
+        ) as r:
             result = r.status_code, time.time() - t0
             answered.append(result)
             if len(answered) == n:
@@ -217,32 +317,71 @@ def test_overload_gets_503_quickly(server):
     assert 2 <= statuses.count(200) <= 6 and statuses.count(503) >= 8, statuses
     assert max(dt for s, dt in results if s == 503) < 5.0, results
     # and the server is fine afterwards
-    assert post(server, "/v1/refine", {"query": "q", "rounds": 1, "max_tokens": 4}).status_code == 200
+    assert (
+        post(server, "/v1/refine", {"query": "q", "rounds": 1, "max_tokens": 4}).status_code == 200
+    )
+
+
+def _engine_replicas() -> set[str]:
+    """Serve's names of this app's live engine replica actors (each replica has its own)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{APP}#{ENGINE_DEPLOYMENT_NAME}#"
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(prefix)
+    }
+
+
+def _engine_replica_pids() -> list[int]:
+    """The engine replica's worker processes, as the OS sees them. Ray titles an actor's
+    process ``ray::<class>[.<method>]`` and Serve names the class ``ServeReplica:<app>:<name>``;
+    the workers of this test's local Ray are descendants of this process."""
+    import psutil
+
+    title = f"ray::ServeReplica:{APP}:{ENGINE_DEPLOYMENT_NAME}"
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            name = (p.cmdline() or [""])[0]
+        except psutil.Error:
+            continue
+        if name == title or name.startswith(title + "."):
+            pids.append(p.pid)
+    return pids
 
 
 def test_killed_engine_replica_is_replaced(server):
     import psutil
 
-    old_pid = server.engine.pid.remote().result(timeout_s=30)
+    old_replicas = _engine_replicas()
+    pids = _engine_replica_pids()
+    assert len(old_replicas) == 1 and len(pids) == 1, (old_replicas, pids)
+    old_pid = pids[0]
     children = psutil.Process(old_pid).children(recursive=True)
-    os.kill(old_pid, signal.SIGKILL)
+    os.kill(old_pid, signal.SIGKILL)  # a crash, as the OOM killer would do it
     statuses = []
     deadline = time.time() + 240
-    new_pid = None
+    replaced = False
     while time.time() < deadline:
         try:  # the server answers within engine_timeout_s (15 s) even with no engine replica
             r = post(server, "/v1/refine", {"query": "q", "rounds": 2, "max_tokens": 4}, timeout=45)
             statuses.append(r.status_code)
-            if r.status_code == 200:
-                new_pid = server.engine.pid.remote().result(timeout_s=30)
-                if new_pid != old_pid:
-                    break
+            if r.status_code == 200 and _engine_replicas() - old_replicas:
+                replaced = True
+                break
         except httpx.TimeoutException:
             statuses.append("timeout")
         time.sleep(1.0)
-    assert new_pid is not None and new_pid != old_pid, statuses
+    assert replaced, statuses
     assert set(statuses) <= {200, 503}, statuses  # unavailable while replaced, never a 500
-    assert post(server, "/v1/refine", {"query": "again", "rounds": 2, "max_tokens": 4}).status_code == 200
+    new_pids = _engine_replica_pids()
+    assert len(new_pids) == 1 and new_pids[0] != old_pid, (old_pid, new_pids)
+    assert (
+        post(server, "/v1/refine", {"query": "again", "rounds": 2, "max_tokens": 4}).status_code
+        == 200
+    )
     # the killed replica's vLLM engine-core processes must not outlive it
     gone, alive = psutil.wait_procs(children, timeout=60)
     for p in alive:
