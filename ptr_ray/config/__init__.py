@@ -40,6 +40,7 @@ from ptr_ray.config.datagen import (
     WeakConfig,
 )
 from ptr_ray.config.eval import EvalConfig, EvalMethodConfig, EvalTaskConfig
+from ptr_ray.config.experiment import ExperimentConfig, HypothesisConfig
 from ptr_ray.config.pipeline import PipelineConfig
 from ptr_ray.config.serve import DeploymentConfig, ServeConfig
 from ptr_ray.config.smoke import SmokeConfig
@@ -67,6 +68,8 @@ __all__ = [
     "EvalConfig",
     "EvalMethodConfig",
     "EvalTaskConfig",
+    "ExperimentConfig",
+    "HypothesisConfig",
     "LoraConfig",
     "LossConfig",
     "OptimConfig",
