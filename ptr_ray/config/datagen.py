@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
@@ -35,15 +35,32 @@ DEFAULT_STRONG_MODEL = "builtin:qwen2.5-coder-0.5b"
 
 
 class QuerySourceConfig(StrictModel):
-    """Where queries come from. ``field``/``answer_field`` are dotted paths (``a.0.b``)."""
+    """Where queries come from. ``field``/``answer_field`` are dotted paths (``a.0.b``).
 
-    kind: Literal["sharegpt", "jsonl", "parquet", "hf_disk"] = "sharegpt"
+    ``synthetic``: ``limit`` generated arithmetic problems of the training split
+    (:mod:`ptr_ray.data.synthetic`, never an eval item), each with its worked solution as the
+    reference answer; ``seed`` picks them (default: the build's seed).
+    """
+
+    kind: Literal["sharegpt", "jsonl", "parquet", "hf_disk", "synthetic"] = "sharegpt"
     path: str | None = Field(None, description="file/folder; sharegpt: the packaged file if unset")
     field: str = "query"
     answer_field: str | None = Field(None, description="reference answer, used for SFT rows")
     split: str | None = Field(None, description="hf_disk: split folder of a DatasetDict")
     limit: int | None = Field(None, ge=1, description="read at most this many rows")
     name: str | None = Field(None, description="source label in records (default: kind/file)")
+    seed: int | None = Field(None, description="synthetic: generator seed (None = build seed)")
+
+    @model_validator(mode="after")
+    def _synthetic_needs_limit(self) -> QuerySourceConfig:
+        if self.kind == "synthetic" and self.limit is None:
+            raise ValueError("query source of kind 'synthetic' needs a limit (problems to make)")
+        return self
+
+    @property
+    def has_references(self) -> bool:
+        """Whether rows can carry a reference answer (an answer field, or generated ones)."""
+        return self.kind == "synthetic" or self.answer_field is not None
 
 
 class CleanConfig(StrictModel):

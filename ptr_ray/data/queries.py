@@ -1,4 +1,5 @@
-"""Query sources for dataset construction: JSONL, Parquet, saved HF datasets, packaged ShareGPT.
+"""Query sources for dataset construction: JSONL, Parquet, saved HF datasets, packaged ShareGPT,
+and generated arithmetic problems (:mod:`ptr_ray.data.synthetic`).
 
 Every reader yields :class:`RawRow` items, one per input row, in file order. A row is either a
 usable query or a rejection carrying its reason (malformed JSON, non-UTF-8 bytes, a missing or
@@ -278,11 +279,31 @@ def read_sharegpt(path: str | Path | None = None, source: str = "sharegpt") -> I
         yield row
 
 
-def read_source(cfg: Any) -> Iterator[RawRow]:
-    """Rows of one configured source (a ``QuerySourceConfig``), at most ``cfg.limit`` of them."""
+def read_synthetic(limit: int, seed: int, source: str = "synthetic") -> Iterator[RawRow]:
+    """``limit`` arithmetic problems of the training split, each with its worked solution as the
+    reference answer (the split never holds an ``arith`` eval item; see ptr_ray.data.synthetic)."""
+    from ptr_ray.data import synthetic
+
+    try:
+        problems = synthetic.generate("train", limit, seed)
+    except synthetic.SyntheticError as e:
+        raise QuerySourceError(f"query source {source!r}: {e}") from e
+    for i, p in enumerate(problems):
+        yield RawRow(source, f"arith-train-seed{seed}#{i}", query=p.question, answer=p.solution,
+                     extra={"gold": p.answer, "problem_kind": p.kind})
+
+
+def read_source(cfg: Any, seed: int = 0) -> Iterator[RawRow]:
+    """Rows of one configured source (a ``QuerySourceConfig``), at most ``cfg.limit`` of them.
+
+    ``seed`` (the build's) seeds a synthetic source that sets none of its own.
+    """
     kind = cfg.kind
     if kind == "sharegpt":
         it = read_sharegpt(cfg.path, source=cfg.name or "sharegpt")
+    elif kind == "synthetic":
+        it = read_synthetic(cfg.limit, seed if cfg.seed is None else cfg.seed,
+                            cfg.name or "synthetic")
     elif cfg.path is None:
         raise QuerySourceError(f"query source of kind {kind!r} needs a path")
     elif kind == "jsonl":

@@ -45,6 +45,7 @@ PACKAGED_KINDS: dict[str, str] = {
     "winogrande": "multiple_choice",
     "gpqa": "multiple_choice",
     "humaneval": "code",
+    "arith": "math",  # synthetic (ptr_ray.data.synthetic): integer gold, the numeric math path
 }
 
 # config metric name -> metric kind
@@ -78,6 +79,11 @@ class EvalTask:
     max_tokens: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)  # malformed rows, by reason
     source: str = "packaged"
+
+    @property
+    def display_name(self) -> str:
+        """The name to show a reader: a synthetic task says it is one."""
+        return benchmarks.display_name(self.name)
 
     def prompt(self, item: BenchmarkItem) -> str:
         """The zero-shot round-1 query for ``item``."""
@@ -165,4 +171,5 @@ def packaged_task(name: str, limit: int | None = None, seed: int | None = None) 
     items = benchmarks.load_task(name, limit, seed)  # an unknown name fails here, listing all
     if name not in PACKAGED_KINDS:
         raise TaskError(f"packaged task {name!r} has no metric in ptr_ray.eval.tasks yet")
-    return EvalTask(name, PACKAGED_KINDS[name], items)
+    source = "synthetic" if name in benchmarks.SYNTHETIC_TASKS else "packaged"
+    return EvalTask(name, PACKAGED_KINDS[name], items, source=source)

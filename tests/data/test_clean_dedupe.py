@@ -67,7 +67,8 @@ def test_decontaminator_long_and_short_references():
                           "sold half as many clips in may. Please solve.")
     assert d.contaminated("Quick quiz: which gas do plants absorb from the air? Thanks")
     assert not d.contaminated("Natalia sold clips to 48 of her friends in April.")  # 10 words
-    assert not d.contaminated("Too short.")
+    assert d.contaminated("Too short.")  # below min_words, but the very question: exact match
+    assert not d.contaminated("Too short, maybe.")
     assert not d.contaminated("")
     assert not NgramDecontaminator([]).contaminated("anything at all here")
 
