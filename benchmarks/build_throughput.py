@@ -50,9 +50,9 @@ def run_pipeline(engine_cfg, queries, sampling, batch_size):
     import pyarrow as pa
     import ray
 
+    from ptr_ray.config import PromptConfig
     from ptr_ray.datagen.actors import WeakThoughts
     from ptr_ray.datagen.rows import new_row, to_table
-    from ptr_ray.config import PromptConfig
 
     class TimedWeak(WeakThoughts):
         """Adds the time its engine became ready, so start-up can be left out."""

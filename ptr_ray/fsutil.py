@@ -6,25 +6,38 @@ result is written beside its final place and renamed into it in one step.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename."""
+    """Write a text file via a temporary file and rename.
+
+    The temporary name is unique per process and call; the file is created with the usual
+    permissions (umask applies, unlike ``tempfile.mkstemp``'s owner-only 0600).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write ``data`` as UTF-8 JSON (one trailing newline) via :func:`atomic_write`."""
+    atomic_write(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
 @contextmanager

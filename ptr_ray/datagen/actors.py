@@ -15,39 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import time
 from typing import Any
 
 import pyarrow as pa
 
 from ptr_ray import prompts
+from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.datagen import icl
 from ptr_ray.datagen.rows import share_time, to_table
-from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.refine import refine_batch
 
 log = logging.getLogger(__name__)
-
-FAULT_ENV = "PTR_RAY_FAULT_FILE"  # test hook: the first actor to claim this file kills itself
-
-
-def maybe_die(fault_file: str | None) -> None:
-    """Fault injection for the restart test: whoever deletes the file first SIGKILLs itself.
-
-    ``os.unlink`` succeeds for exactly one process, so exactly one actor dies, once.
-    """
-    if not fault_file:
-        return
-    try:
-        os.unlink(fault_file)
-    except FileNotFoundError:
-        return
-    log.warning("fault injection: killing actor process %d", os.getpid())
-    with open(fault_file + ".killed", "w") as f:  # lets the test check the victim is gone
-        f.write(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGKILL)
-
 
 def _prompt_len(tokenizer: Any, messages: list[prompts.Message]) -> int:
     return len(prompts.encode(tokenizer, messages, add_generation_prompt=True))
@@ -58,18 +37,17 @@ def _reject(row: dict[str, Any], reason: str, detail: str = "") -> None:
 
 
 class _EngineStage:
-    """Shared set-up: the engine, the fault hook and the batch-time bookkeeping."""
+    """Shared set-up: the engine and the batch-time bookkeeping."""
 
     time_column = ""
     stage = "engine"  # for logs (Ray wraps the class, so its __name__ is not ours)
 
-    def __init__(self, engine: EngineConfig, fault_file: str | None = None) -> None:
+    def __init__(self, engine: EngineConfig) -> None:
         from ptr_ray.engine import make_engine
 
         t0 = time.time()
         self.engine_cfg = engine
         self.engine = make_engine(engine)
-        self.fault_file = fault_file
         self.max_len = int(getattr(self.engine, "max_model_len", engine.max_model_len or 2048))
         log.info("%s actor: %s ready in %.1fs (pid %d)", self.stage, engine.model,
                  time.time() - t0, os.getpid())
@@ -87,9 +65,6 @@ class _EngineStage:
                     if r["reject"] is None:
                         _reject(r, "generation_error", f"{type(e).__name__}: {e}")
             share_time(todo, self.time_column, time.time() - t0)
-        # The fault hook fires after the work and before the result is returned: the worst
-        # moment, since the batch's generations are lost and must be redone by the retry.
-        maybe_die(self.fault_file)
         return to_table(rows)
 
     def wants(self, row: dict[str, Any]) -> bool:
@@ -116,8 +91,8 @@ class WeakThoughts(_EngineStage):
     stage = "weak"
 
     def __init__(self, engine: EngineConfig, rounds: int, sampling: SamplingConfig,
-                 prompt: PromptConfig, fault_file: str | None = None) -> None:
-        super().__init__(engine, fault_file)
+                 prompt: PromptConfig) -> None:
+        super().__init__(engine)
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
 
     def wants(self, row: dict[str, Any]) -> bool:
@@ -166,8 +141,8 @@ class StrongAnswers(_EngineStage):
     stage = "strong"
 
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, icl_path: str | None,
-                 num_icl: int, prompt: PromptConfig, fault_file: str | None = None) -> None:
-        super().__init__(engine, fault_file)
+                 num_icl: int, prompt: PromptConfig) -> None:
+        super().__init__(engine)
         self.sampling, self.prompt = sampling, prompt
         self.examples = icl.load_examples(icl_path) if num_icl else []
         self.num_icl = min(num_icl, len(self.examples))
@@ -216,19 +191,19 @@ class EmbeddingConsistency:
     answered another question) scores low; a refinement of them scores high.
     """
 
-    def __init__(self, model: str, threshold: float, fault_file: str | None = None) -> None:
+    def __init__(self, model: str, threshold: float) -> None:
         from ptr_ray.embeddings import SentenceEmbedder
 
         self.embedder = SentenceEmbedder(model)
-        self.threshold, self.fault_file = threshold, fault_file
+        self.threshold = threshold
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        maybe_die(self.fault_file)
         rows = batch.to_pylist()
         t0 = time.time()
         todo = [r for r in rows if r["reject"] is None and r["kind"] == "ptr"]
         if todo:
-            texts, spans = [], []
+            texts: list[str] = []
+            spans: list[tuple[int, int]] = []
             for r in todo:
                 spans.append((len(texts), len(r["thoughts"])))
                 texts.append(r["answer"])
@@ -260,9 +235,8 @@ class JudgeConsistency(_EngineStage):
     time_column = "t_consistency"
     stage = "judge"
 
-    def __init__(self, engine: EngineConfig, threshold: float, max_tokens: int,
-                 fault_file: str | None = None) -> None:
-        super().__init__(engine, fault_file)
+    def __init__(self, engine: EngineConfig, threshold: float, max_tokens: int) -> None:
+        super().__init__(engine)
         self.threshold = threshold
         self.sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ptr_ray.datagen.output import Existing, RejectLog
 from ptr_ray.config import BuildConfig
 from ptr_ray.data.clean import Cleaner
-from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
 from ptr_ray.data.decontaminate import NgramDecontaminator
+from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
 from ptr_ray.data.mix import is_sft
 from ptr_ray.data.queries import read_source
+from ptr_ray.datagen.output import Existing, RejectLog
 from ptr_ray.records import record_id
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -25,18 +24,24 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, dump_config
 from ptr_ray.datagen import output
-from ptr_ray.datagen.actors import FAULT_ENV, EmbeddingConsistency, JudgeConsistency, StrongAnswers, WeakThoughts
+from ptr_ray.datagen.actors import (
+    EmbeddingConsistency,
+    JudgeConsistency,
+    StrongAnswers,
+    WeakThoughts,
+)
 from ptr_ray.datagen.candidates import Candidate, prepare_candidates
 from ptr_ray.datagen.rows import SCHEMA, new_row, to_table
-from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, dump_config
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.ray_utils import init_ray
 from ptr_ray.records import Record
 
 log = logging.getLogger(__name__)
 
 
-class BuildError(ValueError):
+class BuildError(PtrRayValueError):
     """A build that cannot start or produced nothing usable; the message says why."""
 
 
@@ -81,7 +86,7 @@ def _resources(engine: EngineConfig) -> dict[str, Any]:
     return res
 
 
-def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str | None = None):
+def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     """The lazy Ray Data pipeline over the prepared candidates."""
     import ray
 
@@ -92,12 +97,12 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
     ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table])
     # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
     # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
-    # (tests/datagen/test_pipeline.py kills one). Passing them again is deprecated in Ray 2.60.
+    # (tests/datagen/test_dataflow.py kills one). Passing them again is deprecated in Ray 2.60.
     for engine, rounds in weak_stages(cfg):
         ds = ds.map_batches(
             WeakThoughts,
             fn_constructor_kwargs=dict(engine=engine, rounds=rounds, sampling=cfg.weak.sampling,
-                                       prompt=cfg.prompt, fault_file=fault_file),
+                                       prompt=cfg.prompt),
             batch_size=cfg.weak.pool.batch_size, batch_format="pyarrow", zero_copy_batch=True,
             compute=_compute(cfg.weak.pool), **_resources(engine),
         )
@@ -105,7 +110,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
         StrongAnswers,
         fn_constructor_kwargs=dict(engine=cfg.strong.model, sampling=cfg.strong.sampling,
                                    icl_path=cfg.strong.icl_examples, num_icl=cfg.strong.num_icl,
-                                   prompt=cfg.prompt, fault_file=fault_file),
+                                   prompt=cfg.prompt),
         batch_size=cfg.strong.pool.batch_size, batch_format="pyarrow",
         compute=_compute(cfg.strong.pool), **_resources(cfg.strong.model),
     )
@@ -113,8 +118,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
     if cons.method == "embedding":
         ds = ds.map_batches(
             EmbeddingConsistency,
-            fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold,
-                                       fault_file=fault_file),
+            fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold),
             batch_size=cons.pool.batch_size, batch_format="pyarrow",
             compute=_compute(cons.pool), num_cpus=cons.num_cpus,
         )
@@ -123,7 +127,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
         ds = ds.map_batches(
             JudgeConsistency,
             fn_constructor_kwargs=dict(engine=judge, threshold=cons.threshold,
-                                       max_tokens=cons.judge_max_tokens, fault_file=fault_file),
+                                       max_tokens=cons.judge_max_tokens),
             batch_size=cons.pool.batch_size, batch_format="pyarrow",
             compute=_compute(cons.pool), **_resources(judge),
         )
@@ -131,7 +135,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate], fault_file: str
 
 
 def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, Any]:
-    """The DESIGN.md record of a finished pipeline row (validated by records.Record)."""
+    """The dataset record (docs/design.md) of a finished pipeline row (validated by records.Record)."""
     ptr = row["kind"] == "ptr"
     from_reference = not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"]
     weak_names = sorted({e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index)
@@ -255,7 +259,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                 ctx = ray.data.DataContext.get_current()
                 ctx.enable_progress_bars = True
                 t2 = time.time()
-                ds = build_dataset(cfg, prepared.candidates, os.environ.get(FAULT_ENV))
+                ds = build_dataset(cfg, prepared.candidates)
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     good = []
                     for row in batch.cast(SCHEMA).to_pylist():

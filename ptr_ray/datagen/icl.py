@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ptr_ray import prompts
+from ptr_ray.errors import PtrRayValueError
 
 STRONG_SYSTEM = (
     "You improve answers. You are given a user's query and draft answers written by a weaker "
@@ -24,7 +25,7 @@ STRONG_SYSTEM = (
 )
 
 
-class IclError(ValueError):
+class IclError(PtrRayValueError):
     """An in-context examples file that cannot be used."""
 
 

@@ -23,10 +23,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from ptr_ray.fsutil import write_json_atomic
 from ptr_ray.records import (
-    FORMAT_VERSION, META_FILE, STATS_FILE, check_format_version, iter_file,
+    FORMAT_VERSION,
+    META_FILE,
+    STATS_FILE,
+    check_format_version,
+    iter_file,
 )
 
 log = logging.getLogger(__name__)
@@ -153,7 +158,7 @@ class ShardWriter:
         self.in_shard = 0
         self.rows = 0
         self.files: list[str] = []
-        self._f = None
+        self._f: TextIO | None = None
         self._buf: list[dict[str, Any]] = []
 
     def _path(self) -> Path:
@@ -201,15 +206,9 @@ class ShardWriter:
         self._close_shard()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def update_meta(folder: Path, run_id: str, info: dict[str, Any]) -> None:
     path = folder / META_FILE
-    meta = json.loads(path.read_text()) if path.is_file() else {
+    meta: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": [],
     }
     meta["format_version"] = FORMAT_VERSION

@@ -10,14 +10,13 @@ interval for similarity).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptr_ray.eval.stats import mean_ci, wilson
-from ptr_ray.fsutil import atomic_write
+from ptr_ray.fsutil import atomic_write, write_json_atomic
 
 
 @dataclass
@@ -242,7 +241,7 @@ def write_report(report: EvalReport, out_dir: str | Path, plot: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "summary_csv": out / "summary.csv",
              "items_csv": out / "items.csv", "markdown": out / "report.md"}
-    atomic_write(paths["json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+    write_json_atomic(paths["json"], report.to_dict(), indent=1)
     summary = report.summary()
     fields = list(SummaryRow.__dataclass_fields__)
     with open(paths["summary_csv"], "w", newline="", encoding="utf-8") as f:

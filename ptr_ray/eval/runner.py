@@ -41,7 +41,7 @@ from ptr_ray.eval.report import (
     write_report,
 )
 from ptr_ray.eval.tasks import EvalTask, check_tasks, load_tasks
-from ptr_ray.fsutil import atomic_write
+from ptr_ray.fsutil import write_json_atomic
 from ptr_ray.refine import refine_batch
 
 log = logging.getLogger(__name__)
@@ -213,8 +213,8 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
                         res = evaluate_task(engine, method, task, cfg, fp)
                     except ValueError as e:  # e.g. a late-round prompt longer than the context
                         raise EvalError(f"{method.name}/{task.name}: {e}") from e
-                    atomic_write(_result_path(cfg, method.name, task.name),
-                                 json.dumps(res.to_dict(), ensure_ascii=False))
+                    write_json_atomic(_result_path(cfg, method.name, task.name), res.to_dict(),
+                                      indent=None)
                     by_key[(method.name, task.name)] = res
                     head = res.summary()
                     accs = [r.accuracy for r in head if r.metric == res.metrics[0]]

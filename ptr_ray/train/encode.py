@@ -26,11 +26,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ptr_ray import prompts
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.records import Record
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+
+
+class EncodeError(PtrRayValueError):
+    """Records that cannot become training episodes (mode, lengths, too little data)."""
 
 
 @dataclass
@@ -103,7 +108,7 @@ class Encoder:
         seed: int = 0,
     ) -> None:
         if mode not in ("ptr", "ift"):
-            raise ValueError(f"mode must be 'ptr' or 'ift', got {mode!r}")
+            raise EncodeError(f"mode must be 'ptr' or 'ift', got {mode!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.mode = mode
@@ -164,7 +169,7 @@ class Encoder:
 
 
 def check_dataset(tokenizer: Any, records: Sequence[Record], cfg: Any) -> dict[str, Any]:
-    """Checks before any worker starts: a clear ValueError for data training cannot use.
+    """Checks before any worker starts: a clear :class:`EncodeError` for data training cannot use.
 
     ``cfg`` is a :class:`ptr_ray.config.TrainConfig`. Verifies the chat template renders
     prefix-stable episodes, that some record is usable in the mode, and that ``max_length``
@@ -174,7 +179,7 @@ def check_dataset(tokenizer: Any, records: Sequence[Record], cfg: Any) -> dict[s
         r for r in records if not (cfg.mode == "ptr" and r.kind == "sft" and not cfg.include_sft)
     ]
     if not usable:
-        raise ValueError(
+        raise EncodeError(
             f"dataset {cfg.dataset}: no usable records for mode={cfg.mode} "
             f"(all {len(records)} are kind=sft and include_sft=false)"
         )
@@ -188,7 +193,7 @@ def check_dataset(tokenizer: Any, records: Sequence[Record], cfg: Any) -> dict[s
     ids, spans = enc.spans(usable[shortest], [usable[shortest].answer])  # also checks the template
     need = spans[-1][1] - spans[-1][0]
     if cfg.max_length < need:
-        raise ValueError(
+        raise EncodeError(
             f"max_length={cfg.max_length} is shorter than the shortest answer in {cfg.dataset} "
             f"({need} tokens with its end-of-turn, record {usable[shortest].id})"
         )
@@ -211,7 +216,7 @@ def pack(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     for i in order:
         n = lengths[i]
         if n > max_length:
-            raise ValueError(f"episode of {n} tokens exceeds max_length={max_length}")
+            raise EncodeError(f"episode of {n} tokens exceeds max_length={max_length}")
         j = bisect.bisect_left(free, (n, -1))
         if j < len(free):
             cap, b = free.pop(j)
@@ -250,7 +255,7 @@ def pad_plan(plan: Plan, n_micro: int) -> Plan:
     """Repeat a worker's first micro-batches so it has exactly ``n_micro`` (DistributedSampler
     style), because every data-parallel rank must take the same number of steps."""
     if not plan.micro_batches:
-        raise ValueError("a worker got no data: the dataset has fewer episodes than workers")
+        raise EncodeError("a worker got no data: the dataset has fewer episodes than workers")
     k = 0
     while len(plan.micro_batches) < n_micro:
         plan.micro_batches.append(plan.micro_batches[k % len(plan.micro_batches)])
@@ -316,8 +321,8 @@ def padding_efficiency(lengths: Sequence[int], max_length: int, micro_batch_size
     rng.shuffle(order)
     padded_all = 0
     for i in range(0, len(order), micro_batch_size):
-        grp = order[i : i + micro_batch_size]
-        padded_all += len(grp) * max(lengths[j] for j in grp)
+        chunk = order[i : i + micro_batch_size]
+        padded_all += len(chunk) * max(lengths[j] for j in chunk)
     return {
         "packed": total / packed_all,
         "padded_to_longest": total / padded_all,

@@ -17,11 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
 COMPLETE = ".complete"
+
+
+class ExportError(PtrRayValueError):
+    """A checkpoint or base model that cannot be exported (no DeepSpeed tag, no chat template)."""
 
 
 def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
@@ -31,7 +36,7 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     root = Path(ckpt_dir)
     tag_dir = root / tag
     if not tag_dir.is_dir():
-        raise ValueError(f"{root} holds no DeepSpeed checkpoint tag {tag!r}")
+        raise ExportError(f"{root} holds no DeepSpeed checkpoint tag {tag!r}")
     if list(tag_dir.glob("*optim_states.pt")) and any("zero_pp_rank" in p.name for p in tag_dir.iterdir()):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -39,7 +44,7 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     else:
         states = tag_dir / "mp_rank_00_model_states.pt"
         if not states.is_file():
-            raise ValueError(f"{tag_dir} has neither ZeRO shards nor {states.name}")
+            raise ExportError(f"{tag_dir} has neither ZeRO shards nor {states.name}")
         sd = torch.load(states, map_location="cpu", weights_only=False)["module"]
     return {k: v.float() for k, v in sd.items()}
 
@@ -88,7 +93,7 @@ def export_model(
         log.info("base model has no generation_config.json; deriving one from its config")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.chat_template is None:
-        raise ValueError(f"tokenizer of {base_model} has no chat template")
+        raise ExportError(f"tokenizer of {base_model} has no chat template")
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ptr_ray.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 ADAPTER_MARK = "lora_"  # every peft LoRA parameter name contains it
@@ -46,7 +48,7 @@ def check_targets(model: Any, section: Any) -> None:
                if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n[-1].isdigit()})
-        raise ValueError(f"lora.target_modules {missing} not found in the model; "
+        raise ConfigError(f"lora.target_modules {missing} not found in the model; "
                          f"module names include {leaves[:20]}")
 
 

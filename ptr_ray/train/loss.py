@@ -1,4 +1,4 @@
-"""The PTR loss (DESIGN.md "The PTR loss").
+"""The PTR loss (docs/design.md, "The PTR loss").
 
 For an episode with assistant turns y_1..y_n (y_n the final answer)::
 
@@ -8,6 +8,8 @@ For an episode with assistant turns y_1..y_n (y_n the final answer)::
   other token has label -100 and gets exactly zero gradient from this term).
 * h̄_t: mean last-layer hidden state over turn t's tokens, from the same forward pass.
 * p̄_t = exp(mean token log-probability of turn t); β_t = t / Σ_s s (later turns weigh more).
+  With ``confidence="final"`` the term is 1 − p̄_n alone (the final answer's confidence; β_n = 1,
+  every other β_t = 0) instead of Eq. 4's sum over all assistant turns.
 
 CE is averaged over the answer tokens of a micro-batch (token-level, like plain SFT, so
 λ = (1, 0, 0) is exactly answer-only cross-entropy). The consistency and confidence terms are
@@ -18,10 +20,12 @@ only counts episodes with at least two turns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.train.encode import IGNORE
 
 
@@ -70,6 +74,7 @@ def ptr_loss(
     turns: torch.Tensor,
     lambdas: tuple[float, float, float] = (1.0, 0.0, 0.0),
     ce_only: bool = False,
+    confidence: Literal["all_turns", "final"] = "all_turns",
 ) -> LossTerms:
     """The PTR loss of one micro-batch.
 
@@ -82,7 +87,11 @@ def ptr_loss(
         lambdas: (λ1, λ2, λ3).
         ce_only: skip the consistency and confidence terms (IFT mode): only answer tokens'
             logits are scored.
+        confidence: ``all_turns`` (Eq. 4 literally: Σ_t β_t (1 − p̄_t)) or ``final``
+            (1 − p̄_n: only the final answer's confidence).
     """
+    if confidence not in ("all_turns", "final"):
+        raise PtrRayValueError(f"confidence must be 'all_turns' or 'final', got {confidence!r}")
     B, T, _ = logits.shape
     device = logits.device
     l1, l2, l3 = lambdas
@@ -112,9 +121,9 @@ def ptr_loss(
     counts = torch.bincount(seg_sel, minlength=S).clamp_min(1).float()
     mean_logp = torch.zeros(S, device=device).index_add(0, seg_sel, -nll) / counts
     p_bar = mean_logp.exp()
-    beta = t / (n * (n + 1) / 2)
+    beta = t / (n * (n + 1) / 2) if confidence == "all_turns" else (t == n).float()
     conf_ep = torch.zeros(n_ep, device=device).index_add(0, ep, beta * (1 - p_bar))
-    confidence = conf_ep.mean()
+    conf_term = conf_ep.mean()
 
     consistency = zero
     later = (turns[:, 4] >= 2).nonzero(as_tuple=True)[0].to(device)
@@ -133,5 +142,5 @@ def ptr_loss(
         multi = pairs > 0
         consistency = (f_sum[multi] / pairs[multi]).mean()
 
-    total = l1 * ce + l2 * consistency + l3 * confidence
-    return LossTerms(total, ce, consistency, confidence, n_ans)
+    total = l1 * ce + l2 * consistency + l3 * conf_term
+    return LossTerms(total, ce, consistency, conf_term, n_ans)

@@ -26,14 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ptr_ray.config import TrainConfig, dump_config
+from ptr_ray.config import ConfigError, TrainConfig, dump_config
+from ptr_ray.errors import PtrRayError
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(PtrRayError, RuntimeError):
     """The worker group failed more often than ``max_failures`` allows."""
 
 
@@ -66,7 +67,7 @@ def check_inputs(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     info = check_dataset(tokenizer, records, cfg)
     if cfg.scaling.use_gpu is False and cfg.attn_implementation == "flash_attention_2":
-        raise ValueError("attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
+        raise ConfigError("attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
     from ptr_ray.train.worker import deepspeed_config
 
     deepspeed_config(cfg, cfg.scaling.num_workers)  # a bad DeepSpeed JSON fails here, not in a worker

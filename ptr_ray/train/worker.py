@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ptr_ray.config import ConfigError
+from ptr_ray.fsutil import write_json_atomic
+from ptr_ray.train.encode import EncodeError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def _fill_auto(node: Any, values: dict[str, Any], path: str = "") -> Any:
         return {k: _fill_auto(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
     if node == "auto":
         if path not in values:
-            raise ValueError(f"DeepSpeed config: no value for 'auto' at {path}")
+            raise ConfigError(f"DeepSpeed config: no value for 'auto' at {path}")
         return values[path]
     return node
 
@@ -67,11 +70,11 @@ def deepspeed_config(cfg: Any, world_size: int) -> dict[str, Any]:
     if ds.config_file:
         p = Path(ds.config_file)
         if not p.is_file():
-            raise ValueError(f"deepspeed.config_file {p} does not exist")
+            raise ConfigError(f"deepspeed.config_file {p} does not exist")
         try:
             raw = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"deepspeed.config_file {p} is not valid JSON ({e.msg})") from None
+            raise ConfigError(f"deepspeed.config_file {p} is not valid JSON ({e.msg})") from None
         out = _fill_auto(raw, auto)
         out.setdefault("train_micro_batch_size_per_gpu", ds.micro_batch_size)
         out.setdefault("gradient_accumulation_steps", ds.gradient_accumulation_steps)
@@ -84,7 +87,7 @@ def deepspeed_config(cfg: Any, world_size: int) -> dict[str, Any]:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
         if ds.offload_param:
             if ds.zero_stage != 3:
-                raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
+                raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage=3")
             zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
         if ds.zero_stage == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = False
@@ -136,7 +139,7 @@ def build_plans(cfg: Any, records: list, tokenizer: Any, rank: int, world: int, 
 
     ``all_reduce(values, op)`` reduces a list of ints over ranks ("max" or "sum").
     """
-    from ptr_ray.train.encode import EncodeStats, Encoder, pad_plan, plan_epoch
+    from ptr_ray.train.encode import Encoder, EncodeStats, pad_plan, plan_epoch
 
     enc = Encoder(
         tokenizer, cfg.max_length, cfg.mode, cfg.prompt.refine_instruction,
@@ -156,13 +159,13 @@ def build_plans(cfg: Any, records: list, tokenizer: Any, rank: int, world: int, 
         n = all_reduce([len(plan.micro_batches)], "max")[0]
         n = gas * math.ceil(n / gas)
         if n == 0:
-            raise ValueError("no episode fits max_length: nothing to train on")
+            raise EncodeError("no episode fits max_length: nothing to train on")
         pad_plan(plan, n)
         repeated += plan.repeated
         plans.append(plan)
     keys = list(stats.as_dict())
     summed = all_reduce([stats.as_dict()[k] for k in keys] + [repeated], "sum")
-    out = dict(zip(keys + ["repeated_micro_batches"], summed))
+    out = dict(zip(keys + ["repeated_micro_batches"], summed, strict=True))
     return plans, out
 
 
@@ -219,8 +222,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         log.info("data plan in %.1fs: %s; %d steps (%s per epoch)", time.time() - t0, enc_stats,
                  total_steps, steps_per_epoch)
-        (out_dir / "encode_stats.json").write_text(json.dumps(
-            {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, indent=1))
+        write_json_atomic(out_dir / "encode_stats.json",
+                          {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+                          indent=1)
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation
@@ -330,17 +334,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _save_and_report(engine, metrics, step, total_steps, rank)
         elif step % cfg.log_every == 0:
             ray.train.report(metrics)
-        if cfg.fail_at_step == step and rank == 0:
-            marker = out_dir / f".fail_at_step_{step}.done"
-            if not marker.exists():
-                marker.write_text(str(os.getpid()))
-                # Ray Train's controller collects reported checkpoints when it polls the
-                # workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); a worker that dies
-                # before that poll takes its last report with it. Wait for one poll so the
-                # hook tests resume-from-the-last-checkpoint, not that race.
-                time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-                log.warning("TEST HOOK fail_at_step=%d: rank 0 exits now", step)
-                os._exit(1)
         t_step = time.time()
     if bar is not None:
         bar.close()

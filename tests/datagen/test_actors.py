@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ptr_ray import prompts
+from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.datagen.actors import EmbeddingConsistency, StrongAnswers, WeakThoughts
 from ptr_ray.datagen.rows import new_row, to_table
-from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
 
 SAMPLING = SamplingConfig(temperature=0.9, top_k=30, max_tokens=8, seed=0)
 

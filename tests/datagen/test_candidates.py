@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from ptr_ray.datagen import output
-from ptr_ray.datagen.candidates import prepare_candidates
 from ptr_ray.config import BuildConfig
 from ptr_ray.data.benchmarks import load_task
+from ptr_ray.datagen import output
+from ptr_ray.datagen.candidates import prepare_candidates
 from ptr_ray.records import record_id
 
 

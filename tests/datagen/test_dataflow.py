@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-from ptr_ray.datagen.actors import FAULT_ENV
-from ptr_ray.datagen.dataflow import BuildError, run_build, weak_stages
 from ptr_ray.cli import main as cli_main
 from ptr_ray.config import BuildConfig
+from ptr_ray.datagen.dataflow import BuildError, run_build, weak_stages
 from ptr_ray.records import read_records
 
 TOPICS = [
@@ -102,21 +105,126 @@ def test_lock_prevents_concurrent_runs(tmp_path, tiny_model_dir):
             run_build(cfg)
 
 
+@dataclass(frozen=True)
+class Kill:
+    actor_id: str
+    pid: int
+    children: tuple[int, ...]  # the victim's engine processes (vLLM's engine core)
+    alive_s: float  # how long the actor had been seen ALIVE
+    busy_cpu_s: float  # CPU its process tree used in the 0.1 s before the kill
+
+
+def _tree_cpu_s(procs) -> float:
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class ActorKiller(threading.Thread):
+    """SIGKILLs the Ray Data actor whose class name contains ``name`` while it generates.
+
+    Ray Data names a ``map_batches`` actor ``MapWorker(MapBatches(<class>))``; the pid comes
+    from the GCS actor table (``ray._private.state.actors``, which needs no dashboard; the
+    state API's ``list_actors`` does). The actor is killed once it is ALIVE (engine loaded)
+    and its process tree is busy (a batch is being generated), so that batch is lost with it
+    and must be retried on the restarted actor.
+    """
+
+    def __init__(self, name: str, timeout_s: float = 600.0) -> None:
+        super().__init__(daemon=True, name="actor-killer")
+        self.name, self.timeout_s = name, timeout_s
+        self.kill: Kill | None = None
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        try:
+            self._watch()
+        except BaseException as e:  # surfaced by the test through .error
+            self.error = e
+
+    def _watch(self) -> None:
+        import psutil
+        import ray
+
+        deadline = time.monotonic() + self.timeout_s
+        seen: float | None = None
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            alive = [a for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+                     if self.name in a["ActorClassName"] and a["Pid"]]
+            if not alive:
+                time.sleep(0.05)
+                continue
+            seen = seen or time.monotonic()
+            actor = alive[0]
+            try:
+                proc = psutil.Process(actor["Pid"])
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            before = _tree_cpu_s(tree)
+            time.sleep(0.1)
+            busy = _tree_cpu_s(tree) - before
+            if busy >= 0.03:  # generating, not idle
+                os.kill(proc.pid, signal.SIGKILL)
+                self.kill = Kill(actor["ActorID"], proc.pid, tuple(c.pid for c in tree[1:]),
+                                 time.monotonic() - seen, busy)
+                return
+
+
+def _reap(pids: tuple[int, ...], timeout_s: float = 30.0) -> None:
+    """End the killed actor's engine processes if they outlived it (they hold GBs)."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        p.kill()
+
+
 @pytest.mark.integration
-def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny_model_dir, tmp_path, monkeypatch):
+def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny_model_dir, tmp_path):
+    import ray
+
     src, out = tmp_path / "q.jsonl", tmp_path / "out"
     n_good = write_queries(src)
-    fault = tmp_path / "kill-one-actor"
-    fault.write_text("")
-    monkeypatch.setenv(FAULT_ENV, str(fault))
-    cfg = make_cfg(tmp_path, tiny_model_dir, "vllm", src, out)
-    run_build(cfg)
+    # 48-token thoughts: each weak batch generates long enough for the killer to catch it
+    cfg = make_cfg(tmp_path, tiny_model_dir, "vllm", src, out, weak={
+        "sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 48}})
+    killer = ActorKiller("WeakThoughts")
+    killer.start()
+    try:
+        run_build(cfg)
+    finally:
+        killer.stop()
+        if killer.kill is not None:
+            _reap(killer.kill.children)
+    assert killer.error is None, killer.error
+    kill = killer.kill
+    assert kill is not None, "the build finished before the weak actor could be killed mid-batch"
+    print(f"killed {kill}")
 
-    # one actor claimed the fault file, wrote its pid and SIGKILLed itself mid-run
-    assert not fault.exists()
-    victim = int(Path(str(fault) + ".killed").read_text())
+    # Ray restarted the killed actor (same actor, new process) and the build went on
+    info = ray._private.state.actors(kill.actor_id)
+    assert info["NumRestarts"] >= 1, info
     with pytest.raises(ProcessLookupError):
-        os.kill(victim, 0)
+        os.kill(kill.pid, 0)
 
     records, gen_rejects = check_exactly_once(out, n_good)
     assert records, "the tiny model should get some rows through a 0.05 consistency bar"
@@ -138,7 +246,6 @@ def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny
     assert meta["format_version"] == 1 and len(meta["runs"]) == 1
 
     # a finished run, re-run: nothing new in the data or the rejects log
-    monkeypatch.delenv(FAULT_ENV)
     data_before = sorted((p.name, p.stat().st_size) for p in (out / "data").iterdir())
     rejects_before = (out / "rejects.jsonl").read_text()
     run_build(cfg)

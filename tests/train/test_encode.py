@@ -13,7 +13,14 @@ from ptr_ray import prompts
 from ptr_ray.config import TrainConfig
 from ptr_ray.records import DatasetError, Record, read_records
 from ptr_ray.train.encode import (
-    IGNORE, Encoder, check_dataset, collate, drop_thoughts, pack, pad_plan, padding_efficiency,
+    IGNORE,
+    Encoder,
+    check_dataset,
+    collate,
+    drop_thoughts,
+    pack,
+    pad_plan,
+    padding_efficiency,
     plan_epoch,
 )
 

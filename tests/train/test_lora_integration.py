@@ -1,4 +1,8 @@
-"""LoRA end to end on Ray Train + DeepSpeed (1 CPU worker, ZeRO-2): train, kill-and-resume, merged export."""
+"""LoRA end to end on Ray Train + DeepSpeed (1 CPU worker, ZeRO-2): train, kill-and-resume, merged export.
+
+The worker is SIGKILLed from outside (conftest.RankZeroKiller) once the step-2 checkpoint is
+registered and step 3 is logged.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "ptr_small"
 
 
-def test_lora_trains_resumes_and_exports_a_merged_plain_model(ray_local, tiny_model_dir, tmp_path):
+def test_lora_trains_resumes_and_exports_a_merged_plain_model(ray_local, tiny_model_dir, tmp_path,
+                                                              kill_rank_zero):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -31,15 +36,21 @@ def test_lora_trains_resumes_and_exports_a_merged_plain_model(ray_local, tiny_mo
         "scaling.num_workers=1", "deepspeed.zero_stage=2", "optim.lr=1e-2", "optim.warmup_steps=0",
         "optim.schedule=constant", "loss.schedule=constant", "thought_dropout=0",
         "lora.enabled=true", "lora.r=4", "lora.alpha=8", "lora.dropout=0",
-        "fail_at_step=3", "max_failures=1",
+        "max_failures=1",
     ])
+    killer = kill_rank_zero(out)
     model_dir = run_train(cfg)
-
+    killer.stop()
+    assert killer.error is None, killer.error
+    assert killer.kill is not None, "the run finished before the worker could be killed"
+    # step 2 is the only checkpoint before the last step (4): killed after step 3 (or 4),
+    # restarted from the step-2 checkpoint of the peft-wrapped module: 3, 4 again
+    assert killer.kill.registered_step == 2 and killer.kill.logged_step in (3, 4)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    # killed after step 3 -> restarted from the step-2 checkpoint of the peft-wrapped module
-    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4]
-    assert rows[3]["loss"] == pytest.approx(rows[2]["loss"], rel=1e-4)  # step 3 replayed exactly
-    assert rows[3]["tokens"] == rows[2]["tokens"]
+    m = killer.kill.logged_step
+    assert killer.attempts() == [list(range(1, m + 1)), [3, 4]]
+    assert rows[m]["loss"] == pytest.approx(rows[2]["loss"], rel=1e-4)  # step 3 replayed exactly
+    assert rows[m]["tokens"] == rows[2]["tokens"]
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "loss_ce", "loss_consistency"))
 
     # model/ is a plain merged model: no adapter tensors, loads without peft
