@@ -33,6 +33,11 @@ class LossConfig(StrictModel):
         "constant", description="warmup: λ2, λ3 rise linearly from 0 while λ1 takes the rest"
     )
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of the λ warm-up")
+    confidence: Literal["all_turns", "final"] = Field(
+        "all_turns",
+        description="λ3's term: all_turns = Σ_t β_t (1 − p̄_t) over every assistant turn (the "
+        "paper's Eq. 4); final = 1 − p̄_n, the final answer's confidence only",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LossConfig:

@@ -304,6 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         terms = ptr_loss(
             out.logits, out.hidden_states[-1] if need_hidden else None, ids,
             batch["labels"].to(device), batch["turns"], lam, ce_only=ce_only,
+            confidence=cfg.loss.confidence,
         )
         engine.backward(terms.total)
         engine.step()

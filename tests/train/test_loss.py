@@ -67,6 +67,37 @@ def test_consistency_of_parallel_means_is_zero_and_single_turn_episodes_are_excl
     assert out.confidence.item() == pytest.approx((conf0 + 0.75) / 2, rel=1e-6)
 
 
+def test_confidence_over_the_final_answer_only():
+    """confidence="final": 1 − p̄_n alone; CE and consistency are the same as all_turns."""
+    logits, hidden, ids, labels, turns = _toy()
+    out = ptr_loss(logits, hidden, ids, labels, turns, (0.5, 0.3, 0.2), confidence="final")
+    every = ptr_loss(logits, hidden, ids, labels, turns, (0.5, 0.3, 0.2))
+    lp_tok3 = 2.0 - math.log(math.e**2 + 3)
+    p2 = math.exp((lp_tok3 - math.log(4)) / 2)  # p̄_2 of the answer turn; p̄_1 = 1/4 is left out
+    assert out.confidence.item() == pytest.approx(1 - p2, rel=1e-6)
+    assert out.ce.item() == pytest.approx(every.ce.item(), rel=1e-7)
+    assert out.consistency.item() == pytest.approx(every.consistency.item(), abs=1e-7)
+    assert out.total.item() == pytest.approx(0.5 * out.ce.item() + 0.3 * 1.0 + 0.2 * (1 - p2), rel=1e-6)
+    # two episodes (2 turns and 1 turn): each contributes its last turn's 1 − p̄, averaged
+    logits2 = torch.zeros(2, 5, 4)
+    logits2[0] = logits[0]
+    turns2 = torch.tensor([[0, 1, 3, 0, 1, 2], [0, 3, 5, 0, 2, 2], [1, 3, 5, 1, 1, 1]])
+    out2 = ptr_loss(logits2, torch.cat([hidden, hidden]), torch.cat([ids, ids]),
+                    torch.cat([labels, labels]), turns2, (0, 0, 1), confidence="final")
+    assert out2.confidence.item() == pytest.approx(((1 - p2) + 0.75) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="confidence must be"):
+        ptr_loss(logits, hidden, ids, labels, turns, (0.5, 0.3, 0.2), confidence="last")
+
+
+def test_confidence_final_gives_thought_tokens_no_gradient():
+    """With the final answer's confidence only, thought tokens get no gradient from λ3's term."""
+    logits, hidden, ids, labels, turns = _toy()
+    logits = logits.clone().requires_grad_(True)
+    ptr_loss(logits, hidden, ids, labels, turns, (0, 0, 1), confidence="final").confidence.backward()
+    assert (logits.grad[0, :2] == 0).all()  # positions 0-1 predict turn 1's tokens 1-2
+    assert (logits.grad[0, 2:4].abs().sum(-1) > 0).all()  # positions 2-3 predict the answer
+
+
 def test_lambda_schedule():
     assert lambdas_at((0.8, 0.1, 0.1), "constant", 0, 5) == (0.8, 0.1, 0.1)
     l1, l2, l3 = lambdas_at((0.6, 0.2, 0.2), "warmup", 10, 5)
@@ -93,11 +124,13 @@ def _forward(model, batch):
     return out.logits, out.hidden_states[-1]
 
 
-def test_tiny_model_terms_match_a_naive_per_episode_computation(model_and_batch):
+@pytest.mark.parametrize("confidence", ["all_turns", "final"])
+def test_tiny_model_terms_match_a_naive_per_episode_computation(model_and_batch, confidence):
     model, eps, batch = model_and_batch
     with torch.no_grad():
         logits, hidden = _forward(model, batch)
-        out = ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2))
+        out = ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2),
+                       confidence=confidence)
     # naive: loop over episodes and turns, each from its own unpacked forward pass
     ce_sum, ce_n, cons, conf = 0.0, 0, [], []
     for ep in eps:
@@ -114,7 +147,10 @@ def test_tiny_model_terms_match_a_naive_per_episode_computation(model_and_batch)
         ce_sum += -sum(lp[j - 1, ep.input_ids[j]].item() for j in range(a, b))
         ce_n += b - a
         n = len(ep.spans)
-        conf.append(sum((t / (n * (n + 1) / 2)) * (1 - math.exp(turn_lp[t - 1])) for t in range(1, n + 1)))
+        if confidence == "final":
+            conf.append(1 - math.exp(turn_lp[-1]))
+        else:
+            conf.append(sum((t / (n * (n + 1) / 2)) * (1 - math.exp(turn_lp[t - 1])) for t in range(1, n + 1)))
         if n > 1:
             cons.append(sum(1 - F.cosine_similarity(turn_h[t], turn_h[t - 1], dim=0).item()
                             for t in range(1, n)) / (n - 1))
