@@ -69,12 +69,18 @@ def run_pipeline(engine_cfg, queries, sampling, batch_size):
     try:
         rows = [new_row(id=str(i), query=q, kind="ptr") for i, q in enumerate(queries)]
         table = to_table(rows)
-        ds = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, len(rows), batch_size)])
+        ds = ray.data.from_arrow(
+            [table.slice(i, batch_size) for i in range(0, len(rows), batch_size)]
+        )
         ds = ds.map_batches(
-            TimedWeak, fn_constructor_kwargs=dict(engine=engine_cfg, rounds=1, sampling=sampling,
-                                                  prompt=PromptConfig()),
-            batch_size=batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=engine_cfg.num_cpus,
+            TimedWeak,
+            fn_constructor_kwargs=dict(
+                engine=engine_cfg, rounds=1, sampling=sampling, prompt=PromptConfig()
+            ),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=engine_cfg.num_cpus,
         )
         t0 = time.time()
         out = []
@@ -86,8 +92,14 @@ def run_pipeline(engine_cfg, queries, sampling, batch_size):
     ready = min(r["ready_at"] for r in out)
     tokens = sum(sum(r["weak_tokens"]) for r in out)
     busy = sum(r["t_weak"] for r in out)  # time the actor spent inside generate calls
-    return {"rows": len(out), "tokens": tokens, "seconds": end - ready, "total_seconds": end - t0,
-            "startup_seconds": ready - t0, "actor_busy_seconds": busy}
+    return {
+        "rows": len(out),
+        "tokens": tokens,
+        "seconds": end - ready,
+        "total_seconds": end - t0,
+        "startup_seconds": ready - t0,
+        "actor_busy_seconds": busy,
+    }
 
 
 def run_direct(engine_cfg, queries, sampling, batch_size):
@@ -100,7 +112,9 @@ def run_direct(engine_cfg, queries, sampling, batch_size):
         t0 = time.time()
         tokens = 0
         for i in range(0, len(queries), batch_size):
-            for res in refine_batch(engine, queries[i: i + batch_size], 1, sampling, PromptConfig()):
+            for res in refine_batch(
+                engine, queries[i : i + batch_size], 1, sampling, PromptConfig()
+            ):
                 tokens += sum(r.tokens for r in res.rounds)
         dt = time.time() - t0
     finally:
@@ -134,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
     vcfg = EngineConfig(model=model, backend="vllm", max_model_len=2048, num_cpus=1)
     hcfg = vcfg.model_copy(update={"backend": "hf"})
-    print(f"model {model}; {len(queries)} ShareGPT queries; max_tokens {args.max_tokens}; "
-          f"batch {args.batch_size}; greedy", flush=True)
+    print(
+        f"model {model}; {len(queries)} ShareGPT queries; max_tokens {args.max_tokens}; "
+        f"batch {args.batch_size}; greedy",
+        flush=True,
+    )
 
     pipe = run_pipeline(vcfg, queries, sampling, args.batch_size)
     direct = run_direct(vcfg, queries, sampling, args.batch_size)
@@ -144,25 +161,50 @@ def main(argv: list[str] | None = None) -> int:
     def rate(r):
         return r["rows"] / r["seconds"], r["tokens"] / r["seconds"]
 
-    print(f"\n{'method':34} {'rows':>5} {'tokens':>7} {'seconds':>8} {'queries/s':>10} {'gen tok/s':>10}")
-    for name, r in (("Ray Data pipeline (vLLM actor)", pipe), ("vLLM engine direct", direct),
-                    ("transformers generate, sequential", hf)):
+    print(
+        f"\n{'method':34} {'rows':>5} {'tokens':>7} {'seconds':>8} {'queries/s':>10} {'gen tok/s':>10}"
+    )
+    for name, r in (
+        ("Ray Data pipeline (vLLM actor)", pipe),
+        ("vLLM engine direct", direct),
+        ("transformers generate, sequential", hf),
+    ):
         q, t = rate(r)
-        print(f"{name:34} {r['rows']:>5} {r['tokens']:>7} {r['seconds']:>8.2f} {q:>10.2f} {t:>10.1f}")
+        print(
+            f"{name:34} {r['rows']:>5} {r['tokens']:>7} {r['seconds']:>8.2f} {q:>10.2f} {t:>10.1f}"
+        )
     overhead = rate(direct)[1] / rate(pipe)[1] - 1
     speedup = rate(pipe)[1] / rate(hf)[1]
     in_run = pipe["seconds"] / pipe["actor_busy_seconds"] - 1
-    print(f"\nRay Data orchestration overhead vs. direct engine: {overhead * 100:+.1f}% "
-          f"(goal <= 10%; actor start-up {pipe['startup_seconds']:.1f}s excluded)")
-    print(f"same run, pipeline wall vs. the actor's time inside generate: {in_run * 100:+.1f}% "
-          "(insensitive to load drifting between the two runs)")
-    print(f"pipeline speed-up vs. sequential transformers generate: {speedup:.1f}x (generated tokens/s)")
+    print(
+        f"\nRay Data orchestration overhead vs. direct engine: {overhead * 100:+.1f}% "
+        f"(goal <= 10%; actor start-up {pipe['startup_seconds']:.1f}s excluded)"
+    )
+    print(
+        f"same run, pipeline wall vs. the actor's time inside generate: {in_run * 100:+.1f}% "
+        "(insensitive to load drifting between the two runs)"
+    )
+    print(
+        f"pipeline speed-up vs. sequential transformers generate: {speedup:.1f}x (generated tokens/s)"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"pipeline": pipe, "direct": direct, "hf_sequential": hf, "overhead": overhead,
-                       "overhead_in_run": in_run,
-                       "speedup_vs_hf": speedup, "model": model, "queries": len(queries),
-                       "max_tokens": args.max_tokens, "batch_size": args.batch_size}, f, indent=2)
+            json.dump(
+                {
+                    "pipeline": pipe,
+                    "direct": direct,
+                    "hf_sequential": hf,
+                    "overhead": overhead,
+                    "overhead_in_run": in_run,
+                    "speedup_vs_hf": speedup,
+                    "model": model,
+                    "queries": len(queries),
+                    "max_tokens": args.max_tokens,
+                    "batch_size": args.batch_size,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

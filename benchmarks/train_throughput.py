@@ -42,11 +42,13 @@ def bare_loop(cfg, steps: int, threads: int) -> list[float]:
     path = resolve_model(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     records = read_records(cfg.dataset)
-    plans, _ = build_plans(cfg, records, tok, 0, 1, 1, cfg.deepspeed.micro_batch_size,
-                           lambda v, op: v)
+    plans, _ = build_plans(
+        cfg, records, tok, 0, 1, 1, cfg.deepspeed.micro_batch_size, lambda v, op: v
+    )
     mbs = [(e, mb) for e, p in enumerate(plans) for mb in p.micro_batches]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 attn_implementation=cfg.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=cfg.attn_implementation
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
     rates = []
@@ -54,10 +56,16 @@ def bare_loop(cfg, steps: int, threads: int) -> list[float]:
         epoch, groups = mbs[i]
         t0 = time.time()
         b = collate(plans[epoch].episodes, groups, tok.pad_token_id or 0)
-        out = model(input_ids=b["input_ids"], position_ids=b["position_ids"],
-                    output_hidden_states=True, use_cache=False)
+        out = model(
+            input_ids=b["input_ids"],
+            position_ids=b["position_ids"],
+            output_hidden_states=True,
+            use_cache=False,
+        )
         lam = lambdas_at(cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, i)
-        loss = ptr_loss(out.logits, out.hidden_states[-1], b["input_ids"], b["labels"], b["turns"], lam)
+        loss = ptr_loss(
+            out.logits, out.hidden_states[-1], b["input_ids"], b["labels"], b["turns"], lam
+        )
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.deepspeed.gradient_clipping)
         opt.step()
@@ -89,13 +97,26 @@ def main() -> None:
     from ptr_ray.train.trainer import run_train
 
     out = Path(tempfile.mkdtemp(prefix="ptr-bench-train-"))
-    cfg = load_config(TrainConfig, ROOT / "jobs" / "configs" / "train_local.yaml", [
-        f"model={args.model}", f"dataset={args.dataset}", f"output_dir={out}",
-        f"max_length={args.max_length}", "epochs=5", f"max_steps={args.steps}",
-        "thought_dropout=0", "scaling.num_workers=1", f"scaling.cpus_per_worker={args.threads}",
-        f"checkpoint_every={args.steps}", "export=false", "progress=false", "max_failures=0",
-        "deepspeed.zero_stage=0",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "jobs" / "configs" / "train_local.yaml",
+        [
+            f"model={args.model}",
+            f"dataset={args.dataset}",
+            f"output_dir={out}",
+            f"max_length={args.max_length}",
+            "epochs=5",
+            f"max_steps={args.steps}",
+            "thought_dropout=0",
+            "scaling.num_workers=1",
+            f"scaling.cpus_per_worker={args.threads}",
+            f"checkpoint_every={args.steps}",
+            "export=false",
+            "progress=false",
+            "max_failures=0",
+            "deepspeed.zero_stage=0",
+        ],
+    )
 
     # packing efficiency on the same episodes
     tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
@@ -112,18 +133,30 @@ def main() -> None:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     ray_rates = [r["tokens_per_s"] for r in rows]
 
-    b = statistics.median(bare[args.warmup:] or bare)
-    r = statistics.median(ray_rates[args.warmup:] or ray_rates)
-    print(json.dumps({
-        "model": args.model, "steps": args.steps, "threads": args.threads,
-        "bare_tokens_per_s": round(b, 1), "ray_deepspeed_tokens_per_s": round(r, 1),
-        "ratio_ray_over_bare": round(r / b, 3), "goal_ratio": 0.9,
-        "ray_wall_s_incl_startup": round(t_ray, 1), "bare_wall_s_incl_load": round(t_bare, 1),
-        "packing_efficiency": round(eff["packed"], 4),
-        "padding_to_longest_efficiency": round(eff["padded_to_longest"], 4),
-        "packing_micro_batch": args.micro_batch, "episodes": eff["episodes"],
-        "packed_sequences": eff["packed_sequences"], "goal_packing": 0.95,
-    }, indent=1))
+    b = statistics.median(bare[args.warmup :] or bare)
+    r = statistics.median(ray_rates[args.warmup :] or ray_rates)
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "steps": args.steps,
+                "threads": args.threads,
+                "bare_tokens_per_s": round(b, 1),
+                "ray_deepspeed_tokens_per_s": round(r, 1),
+                "ratio_ray_over_bare": round(r / b, 3),
+                "goal_ratio": 0.9,
+                "ray_wall_s_incl_startup": round(t_ray, 1),
+                "bare_wall_s_incl_load": round(t_bare, 1),
+                "packing_efficiency": round(eff["packed"], 4),
+                "padding_to_longest_efficiency": round(eff["padded_to_longest"], 4),
+                "packing_micro_batch": args.micro_batch,
+                "episodes": eff["episodes"],
+                "packed_sequences": eff["packed_sequences"],
+                "goal_packing": 0.95,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,19 +68,33 @@ def main(argv: list[str] | None = None) -> int:
     address = os.environ.get("RAY_ADDRESS") or "auto"
     with ray_session(RayConfig(address=address)):
         res = ray.cluster_resources()
-        log.info("connected to %s: %s CPU, %s GPU on %d node(s)", address, res.get("CPU", 0),
-                 res.get("GPU", 0), len([n for n in ray.nodes() if n.get("Alive")]))
+        log.info(
+            "connected to %s: %s CPU, %s GPU on %d node(s)",
+            address,
+            res.get("CPU", 0),
+            res.get("GPU", 0),
+            len([n for n in ray.nodes() if n.get("Alive")]),
+        )
         task = ray.remote(_smoke_on_worker).options(
-            num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus, max_retries=0,
+            num_cpus=cfg.engine.num_cpus,
+            num_gpus=cfg.engine.num_gpus,
+            max_retries=0,
             name="ptr-ray-smoke",
         )
-        log.info("scheduling the smoke (%s) with %s CPU / %s GPU for %d model(s)",
-                 cfg.engine.backend, cfg.engine.num_cpus, cfg.engine.num_gpus, len(cfg.models))
+        log.info(
+            "scheduling the smoke (%s) with %s CPU / %s GPU for %d model(s)",
+            cfg.engine.backend,
+            cfg.engine.num_cpus,
+            cfg.engine.num_gpus,
+            len(cfg.models),
+        )
         out = ray.get(task.remote(cfg))
 
-    print(f"\nsmoke job ok: {len(out['answers'])} model(s) answered on node {out['node_ip']} "
-          f"({out['hostname']}, GPUs {out['gpu_ids'] or 'none'}) in {out['seconds']:.1f}s, "
-          f"python {out['python']}, ptr_ray {out['ptr_ray']}")
+    print(
+        f"\nsmoke job ok: {len(out['answers'])} model(s) answered on node {out['node_ip']} "
+        f"({out['hostname']}, GPUs {out['gpu_ids'] or 'none'}) in {out['seconds']:.1f}s, "
+        f"python {out['python']}, ptr_ray {out['ptr_ray']}"
+    )
     for source, answer in zip(cfg.models, out["answers"], strict=True):
         preview = " ".join(answer.split())[:120]
         print(f"  {source}: {preview!r}")

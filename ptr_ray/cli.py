@@ -21,22 +21,46 @@ log = logging.getLogger(__name__)
 
 # name -> (help, "module:ConfigClass", "module:function")
 STAGES: dict[str, tuple[str, str, str]] = {
-    "build": ("build a refinement dataset with Ray Data + weak/strong vLLM actors",
-              "ptr_ray.config:BuildConfig", "ptr_ray.datagen.dataflow:run_build"),
-    "build-check": ("check the strong model beats the weak one on a labelled set (Wilcoxon)",
-                    "ptr_ray.config:BuildCheckConfig", "ptr_ray.eval.build_check:run_check"),
-    "train": ("fine-tune with the PTR loss on Ray Train + DeepSpeed",
-              "ptr_ray.config:TrainConfig", "ptr_ray.train.trainer:run_train"),
-    "serve": ("serve a model with Ray Serve + FastAPI, N refinement rounds per request",
-              "ptr_ray.config:ServeConfig", "ptr_ray.serve.app:run_serve"),
-    "eval": ("evaluate answer quality round by round on benchmarks",
-             "ptr_ray.config:EvalConfig", "ptr_ray.eval.runner:run_eval"),
-    "run": ("the end-to-end pipeline: build, train PTR and IFT, evaluate base/IFT/PTR",
-            "ptr_ray.config:PipelineConfig", "ptr_ray.pipeline:run_pipeline"),
-    "experiment": ("the paper's comparison under a fixed protocol: base/IFT/PTR, tested hypotheses",
-                   "ptr_ray.config:ExperimentConfig", "ptr_ray.experiment.runner:run_experiment"),
-    "smoke": ("load the packaged weak and strong models through vLLM and answer one query",
-              "ptr_ray.config:SmokeConfig", "ptr_ray.smoke:run_smoke"),
+    "build": (
+        "build a refinement dataset with Ray Data + weak/strong vLLM actors",
+        "ptr_ray.config:BuildConfig",
+        "ptr_ray.datagen.dataflow:run_build",
+    ),
+    "build-check": (
+        "check the strong model beats the weak one on a labelled set (Wilcoxon)",
+        "ptr_ray.config:BuildCheckConfig",
+        "ptr_ray.eval.build_check:run_check",
+    ),
+    "train": (
+        "fine-tune with the PTR loss on Ray Train + DeepSpeed",
+        "ptr_ray.config:TrainConfig",
+        "ptr_ray.train.trainer:run_train",
+    ),
+    "serve": (
+        "serve a model with Ray Serve + FastAPI, N refinement rounds per request",
+        "ptr_ray.config:ServeConfig",
+        "ptr_ray.serve.app:run_serve",
+    ),
+    "eval": (
+        "evaluate answer quality round by round on benchmarks",
+        "ptr_ray.config:EvalConfig",
+        "ptr_ray.eval.runner:run_eval",
+    ),
+    "run": (
+        "the end-to-end pipeline: build, train PTR and IFT, evaluate base/IFT/PTR",
+        "ptr_ray.config:PipelineConfig",
+        "ptr_ray.pipeline:run_pipeline",
+    ),
+    "experiment": (
+        "the paper's comparison under a fixed protocol: base/IFT/PTR, tested hypotheses",
+        "ptr_ray.config:ExperimentConfig",
+        "ptr_ray.experiment.runner:run_experiment",
+    ),
+    "smoke": (
+        "load the packaged weak and strong models through vLLM and answer one query",
+        "ptr_ray.config:SmokeConfig",
+        "ptr_ray.smoke:run_smoke",
+    ),
 }
 
 
@@ -65,7 +89,9 @@ def _models(args: argparse.Namespace) -> int:
         rows = models.list_builtins()
         print(f"{'source':28} {'installed':9} {'prepared':8} description")
         for r in rows:
-            print(f"{r['source']:28} {str(r['installed']):9} {str(r['prepared']):8} {r['description']}")
+            print(
+                f"{r['source']:28} {str(r['installed']):9} {str(r['prepared']):8} {r['description']}"
+            )
         print(f"cache: {models.cache_dir()}")
         return 0
     for src in args.sources:
@@ -99,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("sources", nargs="+", help="e.g. builtin:smollm2-135m")
     mp.set_defaults(func=_models)
 
-    rp = sub.add_parser("refine", help="ask a running ptr-ray server; print each round as it arrives")
+    rp = sub.add_parser(
+        "refine", help="ask a running ptr-ray server; print each round as it arrives"
+    )
     rp.add_argument("query")
     rp.add_argument("--rounds", type=int, default=3)
     rp.add_argument("--url", default="http://127.0.0.1:8000")

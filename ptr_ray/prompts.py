@@ -110,7 +110,9 @@ def turn_spans(
     ``ids[:spans[k-1][0]]``; it ends where the next user message (or the episode) begins, so
     the span covers the end-of-turn token(s) the model must learn to emit.
     """
-    full = encode(tokenizer, episode_messages(query, turns, refine_instruction, system_prompt), False)
+    full = encode(
+        tokenizer, episode_messages(query, turns, refine_instruction, system_prompt), False
+    )
     spans: list[tuple[int, int]] = []
     for k in range(len(turns)):
         prompt = encode(
@@ -123,7 +125,8 @@ def turn_spans(
             )
         if k + 1 < len(turns):
             done = encode(
-                tokenizer, episode_messages(query, turns[: k + 1], refine_instruction, system_prompt),
+                tokenizer,
+                episode_messages(query, turns[: k + 1], refine_instruction, system_prompt),
                 False,
             )
             end = len(done)

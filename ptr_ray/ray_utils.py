@@ -38,7 +38,9 @@ def _logging_config() -> Any:
     return ray.LoggingConfig(encoding="TEXT", log_level="DEBUG" if debug else "INFO")
 
 
-def init_ray(cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, str] | None = None) -> bool:
+def init_ray(
+    cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, str] | None = None
+) -> bool:
     """Connect as configured; return True when this call started Ray (the caller shuts it down).
 
     ``min_cpus`` raises a local instance's logical CPU count to what the stage must schedule
@@ -50,8 +52,10 @@ def init_ray(cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, st
     if ray.is_initialized():
         return False
     apply_env()
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": ray_env_vars(env_vars)},
-                              "logging_config": _logging_config()}
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": ray_env_vars(env_vars)},
+        "logging_config": _logging_config(),
+    }
     address = cfg.address
     if address in (None, "local") and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
@@ -80,8 +84,9 @@ def init_ray(cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, st
 
 
 @contextmanager
-def ray_session(cfg: RayConfig, min_cpus: int | None = None,
-                env_vars: dict[str, str] | None = None) -> Iterator[bool]:
+def ray_session(
+    cfg: RayConfig, min_cpus: int | None = None, env_vars: dict[str, str] | None = None
+) -> Iterator[bool]:
     """Ray for the ``with`` block: started here only if not yet initialized, and then stopped
     here on the way out; an instance someone else started is used and left running.
 

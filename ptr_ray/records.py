@@ -71,8 +71,11 @@ def data_files(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
     files = sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix in (".jsonl", ".parquet") and not p.name.startswith(("rejects", "."))
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in (".jsonl", ".parquet")
+        and not p.name.startswith(("rejects", "."))
     )
     if not files:
         raise DatasetError(f"dataset folder {root} holds no .jsonl or .parquet record files")

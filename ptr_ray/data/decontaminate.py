@@ -31,7 +31,9 @@ def exact_key(text: str) -> int:
 
 def _hash(gram: list[str]) -> int:
     """A process-independent 64-bit hash (Python's ``hash`` is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(" ".join(gram).encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(" ".join(gram).encode("utf-8"), digest_size=8).digest(), "little"
+    )
 
 
 class NgramDecontaminator:
@@ -51,7 +53,7 @@ class NgramDecontaminator:
             if text.strip():
                 self._exact.add(exact_key(text))
             if len(toks) >= n:
-                hashes.extend(_hash(toks[i: i + n]) for i in range(len(toks) - n + 1))
+                hashes.extend(_hash(toks[i : i + n]) for i in range(len(toks) - n + 1))
                 lengths.add(n)
             elif len(toks) >= self.min_words:
                 hashes.append(_hash(toks))
@@ -65,7 +67,7 @@ class NgramDecontaminator:
     def _grams(self, toks: list[str]) -> list[int]:
         out: list[int] = []
         for size in self._lengths:
-            out.extend(_hash(toks[i: i + size]) for i in range(len(toks) - size + 1))
+            out.extend(_hash(toks[i : i + size]) for i in range(len(toks) - size + 1))
         return out
 
     def contaminated(self, text: str) -> bool:

@@ -35,7 +35,7 @@ def shingles(text: str, size: int) -> set[bytes]:
     words = normalize_query(text).split()
     if len(words) <= size:
         return {" ".join(words).encode("utf-8")}
-    return {" ".join(words[i: i + size]).encode("utf-8") for i in range(len(words) - size + 1)}
+    return {" ".join(words[i : i + size]).encode("utf-8") for i in range(len(words) - size + 1)}
 
 
 class NearDeduper:
@@ -45,13 +45,19 @@ class NearDeduper:
     the cost is linear in the number of queries rather than quadratic.
     """
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 3,
-                 seed: int = 1) -> None:
+    def __init__(
+        self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 3, seed: int = 1
+    ) -> None:
         from datasketch import MinHashLSH
 
         if not 0 < threshold <= 1:
             raise PtrRayValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
-        self.threshold, self.num_perm, self.shingle_size, self.seed = threshold, num_perm, shingle_size, seed
+        self.threshold, self.num_perm, self.shingle_size, self.seed = (
+            threshold,
+            num_perm,
+            shingle_size,
+            seed,
+        )
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._sigs: dict[str, object] = {}
 

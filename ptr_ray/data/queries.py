@@ -77,11 +77,21 @@ def row_from_object(
     try:
         value = get_field(obj, field_name)
     except KeyError as e:
-        return RawRow(source, where, reason="missing_field",
-                      detail=f"no field {field_name!r} (missing {e.args[0]!r})", raw=raw)
+        return RawRow(
+            source,
+            where,
+            reason="missing_field",
+            detail=f"no field {field_name!r} (missing {e.args[0]!r})",
+            raw=raw,
+        )
     if not isinstance(value, str):
-        return RawRow(source, where, reason="not_a_string",
-                      detail=f"{field_name!r} is {type(value).__name__}", raw=raw)
+        return RawRow(
+            source,
+            where,
+            reason="not_a_string",
+            detail=f"{field_name!r} is {type(value).__name__}",
+            raw=raw,
+        )
     if not value.strip():
         return RawRow(source, where, reason="empty_query", raw=raw)
     answer = None
@@ -99,7 +109,9 @@ def _snippet(text: str) -> str:
 
 
 def read_jsonl(
-    path: str | Path, field_name: str = "query", answer_field: str | None = None,
+    path: str | Path,
+    field_name: str = "query",
+    answer_field: str | None = None,
     source: str | None = None,
 ) -> Iterator[RawRow]:
     """JSON Lines, read as bytes so one bad line (non-UTF-8, broken JSON) costs only that line."""
@@ -115,27 +127,46 @@ def read_jsonl(
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield RawRow(src, where, reason="not_utf8", detail=str(e),
-                             raw=_snippet(line.decode("utf-8", "replace")))
+                yield RawRow(
+                    src,
+                    where,
+                    reason="not_utf8",
+                    detail=str(e),
+                    raw=_snippet(line.decode("utf-8", "replace")),
+                )
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                yield RawRow(src, where, reason="malformed_json", detail=e.msg,
-                             raw=_snippet(text.rstrip("\n")))
+                yield RawRow(
+                    src,
+                    where,
+                    reason="malformed_json",
+                    detail=e.msg,
+                    raw=_snippet(text.rstrip("\n")),
+                )
                 continue
             yield row_from_object(obj, src, where, field_name, answer_field, "")
 
 
-def _read_table_rows(rows: Iterator[dict[str, Any]], name: str, src: str, field_name: str,
-                     answer_field: str | None) -> Iterator[RawRow]:
+def _read_table_rows(
+    rows: Iterator[dict[str, Any]], name: str, src: str, field_name: str, answer_field: str | None
+) -> Iterator[RawRow]:
     for i, obj in enumerate(rows):
-        yield row_from_object(obj, src, f"{name}#{i}", field_name, answer_field,
-                              "" if isinstance(obj, dict) else _snippet(repr(obj)))
+        yield row_from_object(
+            obj,
+            src,
+            f"{name}#{i}",
+            field_name,
+            answer_field,
+            "" if isinstance(obj, dict) else _snippet(repr(obj)),
+        )
 
 
 def read_parquet(
-    path: str | Path, field_name: str = "query", answer_field: str | None = None,
+    path: str | Path,
+    field_name: str = "query",
+    answer_field: str | None = None,
     source: str | None = None,
 ) -> Iterator[RawRow]:
     """A Parquet file, or every ``*.parquet`` file of a folder, streamed by record batch."""
@@ -156,8 +187,11 @@ def read_parquet(
 
 
 def read_hf_disk(
-    path: str | Path, field_name: str = "query", answer_field: str | None = None,
-    source: str | None = None, split: str | None = None,
+    path: str | Path,
+    field_name: str = "query",
+    answer_field: str | None = None,
+    source: str | None = None,
+    split: str | None = None,
 ) -> Iterator[RawRow]:
     """A folder written by ``datasets.Dataset.save_to_disk`` (``data-*.arrow`` IPC streams).
 
@@ -171,20 +205,26 @@ def read_hf_disk(
         raise QuerySourceError(f"dataset folder not found: {p}")
     folder = p
     if not glob.glob(str(p / "data-*.arrow")):
-        splits = sorted(d.name for d in p.iterdir() if d.is_dir() and glob.glob(str(d / "data-*.arrow")))
+        splits = sorted(
+            d.name for d in p.iterdir() if d.is_dir() and glob.glob(str(d / "data-*.arrow"))
+        )
         if split:
             if split not in splits:
-                raise QuerySourceError(f"{p} has no split {split!r} (has: {', '.join(splits) or 'none'})")
+                raise QuerySourceError(
+                    f"{p} has no split {split!r} (has: {', '.join(splits) or 'none'})"
+                )
             folder = p / split
         elif len(splits) == 1:
             folder = p / splits[0]
         else:
             raise QuerySourceError(
-                f"{p} is not a saved dataset folder (no data-*.arrow)" if not splits
+                f"{p} is not a saved dataset folder (no data-*.arrow)"
+                if not splits
                 else f"{p} holds splits {', '.join(splits)}; set split"
             )
     src = source or p.name
     for f in sorted(glob.glob(str(folder / "data-*.arrow"))):
+
         def rows(f: str = f) -> Iterator[dict[str, Any]]:
             with pa.memory_map(f) as mm:
                 for batch in pa.ipc.open_stream(mm):
@@ -195,14 +235,21 @@ def read_hf_disk(
 
 def sharegpt_path() -> Path:
     """The packaged ShareGPT file, located without importing the package."""
-    p = package_dir(SHAREGPT_MODULE, SHAREGPT_PIP, "the ShareGPT query source",
-                    error=QuerySourceError) / "data" / SHAREGPT_FILE
+    p = (
+        package_dir(
+            SHAREGPT_MODULE, SHAREGPT_PIP, "the ShareGPT query source", error=QuerySourceError
+        )
+        / "data"
+        / SHAREGPT_FILE
+    )
     if not p.is_file():
         raise QuerySourceError(f"{p} is missing; reinstall: {SHAREGPT_PIP}")
     return p
 
 
-def iter_json_array(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any | None, str]]:
+def iter_json_array(
+    path: str | Path, chunk_chars: int = 1 << 20
+) -> Iterator[tuple[int, Any | None, str]]:
     """Stream the elements of a (possibly truncated) top-level JSON array.
 
     Yields ``(index, object, "")`` per complete element and, if the file ends inside an element
@@ -257,20 +304,40 @@ def read_sharegpt(path: str | Path | None = None, source: str = "sharegpt") -> I
     for index, obj, tail in iter_json_array(p):
         where = f"{p.name}#{index}"
         if obj is None:
-            yield RawRow(source, where, reason="truncated_record",
-                         detail="file ends inside this record", raw=_snippet(tail))
+            yield RawRow(
+                source,
+                where,
+                reason="truncated_record",
+                detail="file ends inside this record",
+                raw=_snippet(tail),
+            )
             return
         if not isinstance(obj, dict) or not isinstance(obj.get("conversations"), list):
-            yield RawRow(source, where, reason="missing_field", detail="no conversations list",
-                         raw=_snippet(json.dumps(obj)[:_RAW_SNIPPET]))
+            yield RawRow(
+                source,
+                where,
+                reason="missing_field",
+                detail="no conversations list",
+                raw=_snippet(json.dumps(obj)[:_RAW_SNIPPET]),
+            )
             continue
         conv_id = str(obj.get("id", ""))
         if _part_index(conv_id) != 0:
-            yield RawRow(source, where, reason="not_first_turn",
-                         detail=f"{conv_id} continues an earlier record")
+            yield RawRow(
+                source,
+                where,
+                reason="not_first_turn",
+                detail=f"{conv_id} continues an earlier record",
+            )
             continue
-        first = next((m for m in obj["conversations"]
-                      if isinstance(m, dict) and m.get("from") in ("human", "user")), None)
+        first = next(
+            (
+                m
+                for m in obj["conversations"]
+                if isinstance(m, dict) and m.get("from") in ("human", "user")
+            ),
+            None,
+        )
         if first is None:
             yield RawRow(source, where, reason="missing_field", detail=f"{conv_id}: no human turn")
             continue
@@ -289,8 +356,13 @@ def read_synthetic(limit: int, seed: int, source: str = "synthetic") -> Iterator
     except synthetic.SyntheticError as e:
         raise QuerySourceError(f"query source {source!r}: {e}") from e
     for i, p in enumerate(problems):
-        yield RawRow(source, f"arith-train-seed{seed}#{i}", query=p.question, answer=p.solution,
-                     extra={"gold": p.answer, "problem_kind": p.kind})
+        yield RawRow(
+            source,
+            f"arith-train-seed{seed}#{i}",
+            query=p.question,
+            answer=p.solution,
+            extra={"gold": p.answer, "problem_kind": p.kind},
+        )
 
 
 def read_source(cfg: Any, seed: int = 0) -> Iterator[RawRow]:
@@ -302,8 +374,9 @@ def read_source(cfg: Any, seed: int = 0) -> Iterator[RawRow]:
     if kind == "sharegpt":
         it = read_sharegpt(cfg.path, source=cfg.name or "sharegpt")
     elif kind == "synthetic":
-        it = read_synthetic(cfg.limit, seed if cfg.seed is None else cfg.seed,
-                            cfg.name or "synthetic")
+        it = read_synthetic(
+            cfg.limit, seed if cfg.seed is None else cfg.seed, cfg.name or "synthetic"
+        )
     elif cfg.path is None:
         raise QuerySourceError(f"query source of kind {kind!r} needs a path")
     elif kind == "jsonl":

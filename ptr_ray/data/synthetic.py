@@ -38,11 +38,34 @@ TASK_NAME = "arith"
 EVAL_SEED = 20261202  # the packaged eval items: fixed forever, so results stay comparable
 EVAL_SIZE = 1000
 
-_NAMES = [("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Maria", "she"), ("Sam", "he"),
-          ("Lucy", "she"), ("Omar", "he"), ("Priya", "she"), ("Jack", "he"), ("Mei", "she"),
-          ("Carlos", "he"), ("Sofia", "she")]
-_OBJECTS = ["apples", "marbles", "stickers", "books", "pencils", "coins", "cards", "stamps",
-            "shells", "cookies", "balloons", "toy cars"]
+_NAMES = [
+    ("Tom", "he"),
+    ("Anna", "she"),
+    ("Ben", "he"),
+    ("Maria", "she"),
+    ("Sam", "he"),
+    ("Lucy", "she"),
+    ("Omar", "he"),
+    ("Priya", "she"),
+    ("Jack", "he"),
+    ("Mei", "she"),
+    ("Carlos", "he"),
+    ("Sofia", "she"),
+]
+_OBJECTS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "coins",
+    "cards",
+    "stamps",
+    "shells",
+    "cookies",
+    "balloons",
+    "toy cars",
+]
 
 
 class SyntheticError(PtrRayValueError):
@@ -81,8 +104,13 @@ def _answer_line(n: int) -> str:
 
 def _add(rng: random.Random, lo: int, hi: int, kind: str) -> Problem:
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    return Problem(kind, f"What is {a} + {b}?", a + b,
-                   f"{a} + {b} = {a + b}. {_answer_line(a + b)}", _add_canonical(a, b))
+    return Problem(
+        kind,
+        f"What is {a} + {b}?",
+        a + b,
+        f"{a} + {b} = {a + b}. {_answer_line(a + b)}",
+        _add_canonical(a, b),
+    )
 
 
 def _add2(rng: random.Random) -> Problem:
@@ -96,8 +124,13 @@ def _add3(rng: random.Random) -> Problem:
 def _mul1x2(rng: random.Random) -> Problem:
     a, b = rng.randint(2, 9), rng.randint(10, 99)
     x, y = (a, b) if rng.random() < 0.5 else (b, a)
-    return Problem("mul1x2", f"What is {x} * {y}?", a * b,
-                   f"{x} * {y} = {a * b}. {_answer_line(a * b)}", f"{a}*{b}")
+    return Problem(
+        "mul1x2",
+        f"What is {x} * {y}?",
+        a * b,
+        f"{x} * {y} = {a * b}. {_answer_line(a * b)}",
+        f"{a}*{b}",
+    )
 
 
 def _who(rng: random.Random) -> tuple[str, str, str]:
@@ -111,11 +144,21 @@ def _word1(rng: random.Random) -> Problem:
     a = rng.randint(10, 99)
     if rng.random() < 0.5:
         b = rng.randint(2, 99)
-        return Problem("word1", f"{name} has {a} {obj}. {he} buys {b} more. {ask}", a + b,
-                       f"{a} + {b} = {a + b}. {_answer_line(a + b)}", _add_canonical(a, b))
+        return Problem(
+            "word1",
+            f"{name} has {a} {obj}. {he} buys {b} more. {ask}",
+            a + b,
+            f"{a} + {b} = {a + b}. {_answer_line(a + b)}",
+            _add_canonical(a, b),
+        )
     c = rng.randint(1, a - 1)
-    return Problem("word1", f"{name} has {a} {obj}. {he} gives away {c}. {ask}", a - c,
-                   f"{a} - {c} = {a - c}. {_answer_line(a - c)}", f"{a}-{c}")
+    return Problem(
+        "word1",
+        f"{name} has {a} {obj}. {he} gives away {c}. {ask}",
+        a - c,
+        f"{a} - {c} = {a - c}. {_answer_line(a - c)}",
+        f"{a}-{c}",
+    )
 
 
 def _word2(rng: random.Random) -> Problem:
@@ -134,7 +177,11 @@ def _word2(rng: random.Random) -> Problem:
 
 
 _MAKERS: dict[str, Callable[[random.Random], Problem]] = {
-    "add2": _add2, "mul1x2": _mul1x2, "add3": _add3, "word1": _word1, "word2": _word2,
+    "add2": _add2,
+    "mul1x2": _mul1x2,
+    "add3": _add3,
+    "word1": _word1,
+    "word2": _word2,
 }
 
 

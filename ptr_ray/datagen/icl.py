@@ -52,7 +52,9 @@ def load_examples(path: str | Path | None = None) -> list[IclExample]:
                 continue
             try:
                 row = json.loads(line)
-                ex = IclExample(str(row["query"]), tuple(str(t) for t in row["thoughts"]), str(row["answer"]))
+                ex = IclExample(
+                    str(row["query"]), tuple(str(t) for t in row["thoughts"]), str(row["answer"])
+                )
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise IclError(f"{p}:{n}: not a worked example ({type(e).__name__}: {e})") from None
             if not ex.query.strip() or not ex.answer.strip() or not ex.thoughts:
@@ -70,7 +72,10 @@ def material(query: str, thoughts: Sequence[str]) -> str:
 
 
 def strong_messages(
-    query: str, thoughts: Sequence[str], examples: Sequence[IclExample], num_examples: int,
+    query: str,
+    thoughts: Sequence[str],
+    examples: Sequence[IclExample],
+    num_examples: int,
     system_prompt: str = STRONG_SYSTEM,
 ) -> list[prompts.Message]:
     """System instruction, ``num_examples`` worked examples as chat turns, then this query."""

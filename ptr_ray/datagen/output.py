@@ -58,7 +58,9 @@ class Existing:
 
 def reject_key(entry: dict[str, Any]) -> str:
     """Identity of a rejection: the query id when known, else where the row was read."""
-    return f"{entry.get('reason')}|{entry.get('id') or ''}|{entry.get('source')}|{entry.get('where')}"
+    return (
+        f"{entry.get('reason')}|{entry.get('id') or ''}|{entry.get('source')}|{entry.get('where')}"
+    )
 
 
 def _repair_jsonl(path: Path) -> bool:
@@ -103,7 +105,11 @@ def scan(folder: Path) -> Existing:
                     continue
                 entry = json.loads(line)
                 ex.reject_keys.add(reject_key(entry))
-                if entry.get("stage") == "generate" and entry.get("id") and entry.get("reason") not in RETRYABLE:
+                if (
+                    entry.get("stage") == "generate"
+                    and entry.get("id")
+                    and entry.get("reason") not in RETRYABLE
+                ):
                     ex.final_reject_ids.add(entry["id"])
     return ex
 
@@ -119,13 +125,34 @@ class RejectLog:
         self.by_stage: dict[str, dict[str, int]] = {}
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def add(self, stage: str, reason: str, *, source: str = "", where: str = "", id: str | None = None,
-            query: str | None = None, detail: str = "", raw: str = "", **extra: Any) -> None:
+    def add(
+        self,
+        stage: str,
+        reason: str,
+        *,
+        source: str = "",
+        where: str = "",
+        id: str | None = None,
+        query: str | None = None,
+        detail: str = "",
+        raw: str = "",
+        **extra: Any,
+    ) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         st = self.by_stage.setdefault(stage, {})
         st[reason] = st.get(reason, 0) + 1
-        entry = {"stage": stage, "reason": reason, "detail": detail, "source": source, "where": where,
-                 "id": id, "query": query, "raw": raw or None, "run": self.run_id, **extra}
+        entry = {
+            "stage": stage,
+            "reason": reason,
+            "detail": detail,
+            "source": source,
+            "where": where,
+            "id": id,
+            "query": query,
+            "raw": raw or None,
+            "run": self.run_id,
+            **extra,
+        }
         key = reject_key(entry)
         if key in self.known:
             return  # logged by an earlier run already; still counted for this run's stats
@@ -208,9 +235,15 @@ class ShardWriter:
 
 def update_meta(folder: Path, run_id: str, info: dict[str, Any]) -> None:
     path = folder / META_FILE
-    meta: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {
-        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": [],
-    }
+    meta: dict[str, Any] = (
+        json.loads(path.read_text())
+        if path.is_file()
+        else {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "runs": [],
+        }
+    )
     meta["format_version"] = FORMAT_VERSION
     meta.update({k: v for k, v in info.items() if k != "run"})
     meta["runs"] = [*meta.get("runs", []), {"run_id": run_id, **info.get("run", {})}]

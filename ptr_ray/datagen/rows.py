@@ -12,35 +12,45 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("query", pa.string()),
-    ("source", pa.string()),
-    ("kind", pa.string()),
-    ("ref_answer", pa.string()),
-    ("thoughts", pa.list_(pa.string())),
-    ("weak_tokens", pa.list_(pa.int64())),  # generated tokens per thought round
-    ("weak_prompt_tokens", pa.list_(pa.int64())),
-    ("weak_cached_tokens", pa.list_(pa.int64())),
-    ("weak_finish", pa.list_(pa.string())),
-    ("answer", pa.string()),
-    ("strong_tokens", pa.int64()),
-    ("strong_prompt_tokens", pa.int64()),
-    ("strong_cached_tokens", pa.int64()),
-    ("strong_finish", pa.string()),
-    ("icl_used", pa.int64()),
-    ("consistency", pa.float64()),
-    ("judge_tokens", pa.int64()),
-    ("reject", pa.string()),
-    ("reject_detail", pa.string()),
-    ("t_weak", pa.float64()),  # this row's share of actor busy time, per stage
-    ("t_strong", pa.float64()),
-    ("t_consistency", pa.float64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("query", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),
+        ("ref_answer", pa.string()),
+        ("thoughts", pa.list_(pa.string())),
+        ("weak_tokens", pa.list_(pa.int64())),  # generated tokens per thought round
+        ("weak_prompt_tokens", pa.list_(pa.int64())),
+        ("weak_cached_tokens", pa.list_(pa.int64())),
+        ("weak_finish", pa.list_(pa.string())),
+        ("answer", pa.string()),
+        ("strong_tokens", pa.int64()),
+        ("strong_prompt_tokens", pa.int64()),
+        ("strong_cached_tokens", pa.int64()),
+        ("strong_finish", pa.string()),
+        ("icl_used", pa.int64()),
+        ("consistency", pa.float64()),
+        ("judge_tokens", pa.int64()),
+        ("reject", pa.string()),
+        ("reject_detail", pa.string()),
+        ("t_weak", pa.float64()),  # this row's share of actor busy time, per stage
+        ("t_strong", pa.float64()),
+        ("t_consistency", pa.float64()),
+    ]
+)
 
 _LISTS = {"thoughts", "weak_tokens", "weak_prompt_tokens", "weak_cached_tokens", "weak_finish"}
-_ZERO = {"strong_tokens", "strong_prompt_tokens", "strong_cached_tokens", "icl_used", "judge_tokens",
-         "t_weak", "t_strong", "t_consistency"}
+_ZERO = {
+    "strong_tokens",
+    "strong_prompt_tokens",
+    "strong_cached_tokens",
+    "icl_used",
+    "judge_tokens",
+    "t_weak",
+    "t_strong",
+    "t_consistency",
+}
 
 
 def new_row(**fields: Any) -> dict[str, Any]:

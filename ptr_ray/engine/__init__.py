@@ -29,7 +29,18 @@ from ptr_ray.engine.vllm import (
 )
 
 __all__ = [
-    "AsyncVLLMEngine", "Completion", "Engine", "Generation", "HFEngine", "PromptTooLongError",
-    "VLLMEngine", "checked_prompt_ids", "clamp_context", "configure_vllm_env", "cpu_only",
-    "make_engine", "sampling_params", "vllm_engine_kwargs",
+    "AsyncVLLMEngine",
+    "Completion",
+    "Engine",
+    "Generation",
+    "HFEngine",
+    "PromptTooLongError",
+    "VLLMEngine",
+    "checked_prompt_ids",
+    "clamp_context",
+    "configure_vllm_env",
+    "cpu_only",
+    "make_engine",
+    "sampling_params",
+    "vllm_engine_kwargs",
 ]

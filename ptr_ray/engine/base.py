@@ -67,8 +67,9 @@ class PromptTooLongError(PtrRayValueError):
         return (PromptTooLongError, (self.prompt_tokens, self.max_model_len))
 
 
-def checked_prompt_ids(tokenizer: Any, conversation: Sequence[prompts.Message],
-                       max_model_len: int) -> list[int]:
+def checked_prompt_ids(
+    tokenizer: Any, conversation: Sequence[prompts.Message], max_model_len: int
+) -> list[int]:
     """Token ids of a round prompt; PromptTooLongError when no token could be generated."""
     ids = prompts.encode(tokenizer, conversation, add_generation_prompt=True)
     if len(ids) >= max_model_len:

@@ -27,8 +27,12 @@ class HFEngine:
         self.cfg = cfg
         self.model_path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
-                 "float32": torch.float32}[cfg.dtype]
+        dtype = {
+            "auto": "auto",
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+            "float32": torch.float32,
+        }[cfg.dtype]
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self.model.eval()
         self.max_model_len = clamp_context(self.model_path, cfg.max_model_len or 10**9)
@@ -50,24 +54,31 @@ class HFEngine:
                 max_new_tokens=min(sampling.max_tokens, self.max_model_len - len(ids)),
                 num_return_sequences=sampling.n,
                 eos_token_id=eos,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0],
+                pad_token_id=self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else eos[0],
             )
             if sampling.temperature > 0:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                              top_k=sampling.top_k or None)
+                kwargs.update(
+                    do_sample=True,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k or None,
+                )
             else:
                 kwargs.update(do_sample=False)
             with torch.no_grad():
                 out = self.model.generate(inp, attention_mask=torch.ones_like(inp), **kwargs)
             comps = []
-            for row in out[:, len(ids):].tolist():
+            for row in out[:, len(ids) :].tolist():
                 n_tok, reason = len(row), "length"
                 for i, t in enumerate(row):
                     if t in eos:
                         n_tok, reason = i + 1, "stop"
                         break
-                text = self.tokenizer.decode(row[: n_tok if reason == "length" else n_tok - 1],
-                                             skip_special_tokens=True)
+                text = self.tokenizer.decode(
+                    row[: n_tok if reason == "length" else n_tok - 1], skip_special_tokens=True
+                )
                 text, hit = _apply_stop(text, sampling.stop)
                 comps.append(Completion(text, n_tok, "stop" if hit else reason))
             results.append(Generation(comps, prompt_tokens=len(ids), latency_s=time.time() - t0))

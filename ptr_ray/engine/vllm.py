@@ -115,7 +115,8 @@ class VLLMEngine:
         return [
             Generation(
                 completions=[
-                    Completion(c.text, len(c.token_ids), _finish(c.finish_reason)) for c in o.outputs
+                    Completion(c.text, len(c.token_ids), _finish(c.finish_reason))
+                    for c in o.outputs
                 ],
                 prompt_tokens=len(o.prompt_token_ids or []),
                 cached_tokens=int(getattr(o, "num_cached_tokens", 0) or 0),
@@ -175,7 +176,9 @@ class AsyncVLLMEngine:
 
         ids = checked_prompt_ids(self.tokenizer, conversation, self.max_model_len)
         params = sampling_params(
-            sampling, n=1, max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - len(ids))),
+            sampling,
+            n=1,
+            max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - len(ids))),
             output_kind=RequestOutputKind.DELTA,
         )
         rid = request_id or uuid.uuid4().hex

@@ -45,8 +45,9 @@ def score_answers(task: EvalTask, texts: list[str]) -> list[int]:
     return [int(s.values[metric] >= 1.0) for s in score_batch(task.kind, task.items, texts)]
 
 
-def answer_all(engine_cfg: EngineConfig, queries: list[str],
-               sampling: SamplingConfig) -> tuple[list[str], float]:
+def answer_all(
+    engine_cfg: EngineConfig, queries: list[str], sampling: SamplingConfig
+) -> tuple[list[str], float]:
     """One engine at a time (both rarely fit a laptop together); greedy answers to all queries."""
     from ptr_ray.engine import make_engine
 
@@ -72,7 +73,7 @@ def run_check(cfg: BuildCheckConfig) -> dict[str, Any]:
         texts, dt = answer_all(eng, queries, cfg.sampling)
         start, scores[role] = 0, []
         for t in tasks:
-            scores[role] += score_answers(t, texts[start: start + len(t.items)])
+            scores[role] += score_answers(t, texts[start : start + len(t.items)])
             start += len(t.items)
         seconds[role] = round(dt, 2)
         samples[role] = texts[:3]
@@ -83,16 +84,26 @@ def run_check(cfg: BuildCheckConfig) -> dict[str, Any]:
         per_task[task.name] = {"n": len(idx), "metric": check_metric(task)}
         for role in ("weak", "strong"):
             k = sum(scores[role][i] for i in idx)
-            per_task[task.name][role] = {"accuracy": k / len(idx) if idx else 0.0,
-                                         "ci95": wilson(k, len(idx))}
-    overall = {role: {"accuracy": sum(s) / len(s), "ci95": wilson(sum(s), len(s))}
-               for role, s in scores.items()}
+            per_task[task.name][role] = {
+                "accuracy": k / len(idx) if idx else 0.0,
+                "ci95": wilson(k, len(idx)),
+            }
+    overall = {
+        role: {"accuracy": sum(s) / len(s), "ci95": wilson(sum(s), len(s))}
+        for role, s in scores.items()
+    }
     test = wilcoxon_greater(scores["strong"], scores["weak"])
     test["significant"] = test["p_value"] < cfg.alpha
     report = {
-        "weak_model": cfg.weak.model, "strong_model": cfg.strong.model, "n": len(items),
-        "tasks": per_task, "overall": overall, "wilcoxon": test, "alpha": cfg.alpha,
-        "generate_seconds": seconds, "sample_answers": samples,
+        "weak_model": cfg.weak.model,
+        "strong_model": cfg.strong.model,
+        "n": len(items),
+        "tasks": per_task,
+        "overall": overall,
+        "wilcoxon": test,
+        "alpha": cfg.alpha,
+        "generate_seconds": seconds,
+        "sample_answers": samples,
     }
     _print(report)
     if cfg.output:
@@ -110,10 +121,15 @@ def _print(r: dict[str, Any]) -> None:
     print(f"{'task':16} {'n':>4}  {'weak acc [95% CI]':>24}  {'strong acc [95% CI]':>24}")
     rows = list(r["tasks"].items()) + [("overall", {"n": r["n"], **r["overall"]})]
     for task, d in rows:
-        cells = [f"{d[m]['accuracy']:.3f} [{d[m]['ci95'][0]:.2f}, {d[m]['ci95'][1]:.2f}]" for m in ("weak", "strong")]
+        cells = [
+            f"{d[m]['accuracy']:.3f} [{d[m]['ci95'][0]:.2f}, {d[m]['ci95'][1]:.2f}]"
+            for m in ("weak", "strong")
+        ]
         print(f"{task:16} {d['n']:>4}  {cells[0]:>24}  {cells[1]:>24}")
     t = r["wilcoxon"]
     verdict = "strong > weak (significant)" if t["significant"] else "not significant"
     stat = "n/a" if t["statistic"] is None else f"{t['statistic']:.1f}"
-    print(f"Wilcoxon signed-rank (one-sided, strong > weak): W={stat}, p={t['p_value']:.4g}, "
-          f"discordant pairs={t['n_discordant']}/{t['n_pairs']}: {verdict} at alpha={r['alpha']}")
+    print(
+        f"Wilcoxon signed-rank (one-sided, strong > weak): W={stat}, p={t['p_value']:.4g}, "
+        f"discordant pairs={t['n_discordant']}/{t['n_pairs']}: {verdict} at alpha={r['alpha']}"
+    )

@@ -26,7 +26,9 @@ class ModelCheckError(PtrRayValueError):
     """A method's model source that does not resolve; one line, raised before any work."""
 
 
-def standard_methods(base: str, ift: str | None = None, ptr: str | None = None) -> list[EvalMethodConfig]:
+def standard_methods(
+    base: str, ift: str | None = None, ptr: str | None = None
+) -> list[EvalMethodConfig]:
     """The paper's comparison: base model + refine instruction, then IFT and PTR if given."""
     out = [EvalMethodConfig(name="base", model=base)]
     if ift:
@@ -61,10 +63,11 @@ def check_model_source(source: str) -> None:
     """
     try:
         if source.startswith(models.BUILTIN_PREFIX):
-            name = source[len(models.BUILTIN_PREFIX):]
+            name = source[len(models.BUILTIN_PREFIX) :]
             if name not in models.BUILTINS:
                 raise models.ModelSourceError(
-                    f"unknown builtin model {name!r}; known: {', '.join(sorted(models.BUILTINS))}")
+                    f"unknown builtin model {name!r}; known: {', '.join(sorted(models.BUILTINS))}"
+                )
             if not models.is_prepared(name):
                 models.chunk_paths(models.BUILTINS[name])
             return
@@ -88,11 +91,13 @@ def _check_hub_id(repo: str) -> None:
     except Exception as e:
         raise ModelCheckError(
             f"model source {repo!r} is not a builtin:NAME, an existing folder, nor a valid hub id"
-            f" ({type(e).__name__})") from None
+            f" ({type(e).__name__})"
+        ) from None
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ModelCheckError(
             f"model source {repo!r} is not a local folder, not a builtin, and not in the "
-            "Hugging Face cache (HF_HUB_OFFLINE is set)")
+            "Hugging Face cache (HF_HUB_OFFLINE is set)"
+        )
     try:
         from huggingface_hub import HfApi
 
@@ -100,7 +105,8 @@ def _check_hub_id(repo: str) -> None:
     except Exception as e:
         raise ModelCheckError(
             f"model source {repo!r} is not a builtin:NAME or an existing folder, and the "
-            f"Hugging Face hub does not serve it from here ({type(e).__name__})") from None
+            f"Hugging Face hub does not serve it from here ({type(e).__name__})"
+        ) from None
 
 
 def check_methods(cfg: EvalConfig) -> list[EngineConfig]:
@@ -115,5 +121,10 @@ def check_methods(cfg: EvalConfig) -> list[EngineConfig]:
     return engines
 
 
-__all__ = ["ModelCheckError", "check_methods", "check_model_source", "method_engine_config",
-           "standard_methods"]
+__all__ = [
+    "ModelCheckError",
+    "check_methods",
+    "check_model_source",
+    "method_engine_config",
+    "standard_methods",
+]

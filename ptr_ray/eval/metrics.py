@@ -107,8 +107,11 @@ def _first_mention(t: str, n: int, choices: Sequence[str]) -> str | None:
     """
     L = f"[{LETTERS[:n]}]"
     cands: list[tuple[int, int, str]] = []  # (position, -length, letter)
-    for pat in (rf"\(({L})\)", rf"(?i:option|choice)\s+({L})(?![A-Za-z0-9])",
-                rf"(?<![A-Za-z0-9'’])({L})(?![A-Za-z0-9'’])"):
+    for pat in (
+        rf"\(({L})\)",
+        rf"(?i:option|choice)\s+({L})(?![A-Za-z0-9])",
+        rf"(?<![A-Za-z0-9'’])({L})(?![A-Za-z0-9'’])",
+    ):
         for m in re.finditer(pat, t):
             if _letter_ok(t, m.group(1), m.start(1), m.end(1)):
                 cands.append((m.start(), 0, m.group(1)))
@@ -172,9 +175,20 @@ def normalize_math(text: str) -> str:
     s = text.strip()
     s = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\mbox\{\s*([^{}]*)\}", r"\1", s)
-    for a, b in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", ""),
-                 ("\\$", ""), ("$", ""), ("\\displaystyle", "")):
+    for a, b in (
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^\\circ", ""),
+        ("^{\\circ}", ""),
+        ("\\$", ""),
+        ("$", ""),
+        ("\\displaystyle", ""),
+    ):
         s = s.replace(a, b)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\s+", "", s)
@@ -191,9 +205,9 @@ def _stated_answers(text: str) -> list[tuple[int, str]]:
     for m in re.finditer(r"\\boxed\{", text):
         j = _match_brace(text, m.end() - 1)
         if j is not None:
-            found.append((m.start(), text[m.end(): j].strip()))
+            found.append((m.start(), text[m.end() : j].strip()))
     for m in re.finditer(r"(?i)answer\s*(?:is|:)\s*[:\-]?\s*", text):
-        seg = text[m.end():].split("\n", 1)[0].strip()
+        seg = text[m.end() :].split("\n", 1)[0].strip()
         if seg.startswith("\\boxed"):
             continue  # counted above
         num = _NUM_RE.search(seg)
@@ -297,15 +311,21 @@ def symbolic_equal(pred: str, gold: str) -> bool | None:
 
 @lru_cache(maxsize=1)
 def _warn_off_main_thread() -> None:
-    log.warning("math answers scored off the main thread: symbolic equivalence (math-verify) "
-                "is skipped, normalized text only")
+    log.warning(
+        "math answers scored off the main thread: symbolic equivalence (math-verify) "
+        "is skipped, normalized text only"
+    )
 
 
 def score_math(item: BenchmarkItem, answer: str) -> Score:
     strict, flexible = extract_math(answer)
-    return Score(strict if strict is not None else flexible,
-                 {"exact": float(math_equal(strict, item.answer)),
-                  "flexible": float(math_equal(flexible, item.answer))})
+    return Score(
+        strict if strict is not None else flexible,
+        {
+            "exact": float(math_equal(strict, item.answer)),
+            "flexible": float(math_equal(flexible, item.answer)),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------- exact
@@ -330,7 +350,8 @@ def extract_short_answer(text: str) -> str:
 def score_exact(item: BenchmarkItem, answer: str) -> Score:
     got = extract_short_answer(answer)
     ok = normalize_text(got) == normalize_text(item.answer) or (
-        normalize_text(answer) == normalize_text(item.answer))
+        normalize_text(answer) == normalize_text(item.answer)
+    )
     return Score(got, {"exact": float(ok and normalize_text(item.answer) != "")})
 
 
@@ -363,27 +384,38 @@ def humaneval_program(item: BenchmarkItem, answer: str) -> str:
     return code
 
 
-def score_code(items: Sequence[BenchmarkItem], answers: Sequence[str], timeout_s: float,
-               workers: int = 2) -> list[Score]:
+def score_code(
+    items: Sequence[BenchmarkItem], answers: Sequence[str], timeout_s: float, workers: int = 2
+) -> list[Score]:
     """pass@1 of each reply with HumanEval's tests, executed in a sandboxed subprocess."""
     from ptr_ray.eval.sandbox import run_programs
 
     jobs = []
     for item, ans in zip(items, answers, strict=True):
-        problem = {"task_id": item.id, "prompt": item.meta["prompt"], "test": item.meta["test"],
-                   "entry_point": item.meta["entry_point"]}
+        problem = {
+            "task_id": item.id,
+            "prompt": item.meta["prompt"],
+            "test": item.meta["test"],
+            "entry_point": item.meta["entry_point"],
+        }
         jobs.append((problem, humaneval_program(item, ans)))
     results = run_programs(jobs, timeout_s=timeout_s, workers=workers)
-    return [Score(extract_code(a, i.meta.get("entry_point"))[:2000],
-                  {"pass@1": float(r["passed"])}, detail=str(r["result"])[:200])
-            for i, a, r in zip(items, answers, results, strict=True)]
+    return [
+        Score(
+            extract_code(a, i.meta.get("entry_point"))[:2000],
+            {"pass@1": float(r["passed"])},
+            detail=str(r["result"])[:200],
+        )
+        for i, a, r in zip(items, answers, results, strict=True)
+    ]
 
 
 # ----------------------------------------------------------------------------- similarity
 
 
-def score_similarity(items: Sequence[BenchmarkItem], answers: Sequence[str],
-                     threshold: float) -> list[Score]:
+def score_similarity(
+    items: Sequence[BenchmarkItem], answers: Sequence[str], threshold: float
+) -> list[Score]:
     """Cosine similarity of each reply to its reference, and whether it reaches ``threshold``."""
     if not items:
         return []
@@ -393,8 +425,7 @@ def score_similarity(items: Sequence[BenchmarkItem], answers: Sequence[str],
     a = embedder.encode([x if x.strip() else " " for x in answers])
     b = embedder.encode([i.answer for i in items])
     sims = (a * b).sum(-1).tolist()
-    return [Score(None, {"similarity": float(s), "match": float(s >= threshold)})
-            for s in sims]
+    return [Score(None, {"similarity": float(s), "match": float(s >= threshold)}) for s in sims]
 
 
 # ------------------------------------------------------------------------------- dispatch
@@ -408,8 +439,14 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def score_batch(kind: str, items: Sequence[BenchmarkItem], answers: Sequence[str], *,
-                code_timeout_s: float = 10.0, similarity_threshold: float = 0.7) -> list[Score]:
+def score_batch(
+    kind: str,
+    items: Sequence[BenchmarkItem],
+    answers: Sequence[str],
+    *,
+    code_timeout_s: float = 10.0,
+    similarity_threshold: float = 0.7,
+) -> list[Score]:
     """Score one round's answers for a task of the given kind."""
     if kind == "multiple_choice":
         return [score_choice(i, a) for i, a in zip(items, answers, strict=True)]

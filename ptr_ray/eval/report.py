@@ -90,13 +90,24 @@ class TaskResult:
                 binary = all(v in (0.0, 1.0) for v in vals)
                 acc = sum(vals) / n if n else 0.0
                 lo, hi = wilson(sum(vals), n) if binary else mean_ci(vals)
-                rows.append(SummaryRow(
-                    self.method, self.model, self.task, metric, k, n, sum(vals), acc, lo, hi,
-                    sum(r.finish_reason == "length" for r in gen),
-                    (sum(r.tokens for r in gen) / len(gen)) if gen else 0.0,
-                    (cached / prompt_tok) if prompt_tok else 0.0,
-                    self.round_seconds[k - 1] if k <= len(self.round_seconds) else 0.0,
-                ))
+                rows.append(
+                    SummaryRow(
+                        self.method,
+                        self.model,
+                        self.task,
+                        metric,
+                        k,
+                        n,
+                        sum(vals),
+                        acc,
+                        lo,
+                        hi,
+                        sum(r.finish_reason == "length" for r in gen),
+                        (sum(r.tokens for r in gen) / len(gen)) if gen else 0.0,
+                        (cached / prompt_tok) if prompt_tok else 0.0,
+                        self.round_seconds[k - 1] if k <= len(self.round_seconds) else 0.0,
+                    )
+                )
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,8 +115,10 @@ class TaskResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskResult:
-        items = [ItemResult(i["id"], i["gold"], i["prompt"], [ItemRound(**r) for r in i["rounds"]])
-                 for i in d["items"]]
+        items = [
+            ItemResult(i["id"], i["gold"], i["prompt"], [ItemRound(**r) for r in i["rounds"]])
+            for i in d["items"]
+        ]
         return cls(**{**d, "items": items})
 
 
@@ -139,10 +152,14 @@ class EvalReport:
         raise KeyError((method, task))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "wall_s": self.wall_s, "reused": self.reused,
-                "config": self.config,
-                "summary": [asdict(s) for s in self.summary()],
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "rounds": self.rounds,
+            "wall_s": self.wall_s,
+            "reused": self.reused,
+            "config": self.config,
+            "summary": [asdict(s) for s in self.summary()],
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 # ------------------------------------------------------------------------------- writers
@@ -174,23 +191,37 @@ def generation_table(report: EvalReport) -> str:
         for r in res.summary():
             if r.metric != res.metrics[0]:
                 continue
-            lines.append(f"| {r.method} | {r.task} | {r.round} | {r.mean_tokens:.0f} | "
-                         f"{r.truncated}/{r.n} | {100 * r.cached_frac:.0f}% | {r.gen_s:.1f}s |")
+            lines.append(
+                f"| {r.method} | {r.task} | {r.round} | {r.mean_tokens:.0f} | "
+                f"{r.truncated}/{r.n} | {100 * r.cached_frac:.0f}% | {r.gen_s:.1f}s |"
+            )
     return "\n".join(lines)
 
 
 def markdown_report(report: EvalReport) -> str:
     models = {r.method: r.model for r in report.results}
     parts = [
-        "# Accuracy by refinement round", "",
+        "# Accuracy by refinement round",
+        "",
         f"{report.rounds} rounds; accuracy with its 95% interval (Wilson for 0/1 metrics); "
-        "n items per task. Round k answers after k−1 refine instructions.", "",
-        "Methods: " + "; ".join(f"`{m}` = `{src}`" for m, src in models.items()), "",
-        markdown_table(report), "", "## Generation", "", generation_table(report), "",
+        "n items per task. Round k answers after k−1 refine instructions.",
+        "",
+        "Methods: " + "; ".join(f"`{m}` = `{src}`" for m, src in models.items()),
+        "",
+        markdown_table(report),
+        "",
+        "## Generation",
+        "",
+        generation_table(report),
+        "",
         f"Wall time: {report.wall_s:.0f}s"
-        + (f" ({report.reused} of {len(report.results)} method/task results reused from an "
-           "earlier run; their per-round times above are from that run)." if report.reused
-           else "."), "",
+        + (
+            f" ({report.reused} of {len(report.results)} method/task results reused from an "
+            "earlier run; their per-round times above are from that run)."
+            if report.reused
+            else "."
+        ),
+        "",
     ]
     return "\n".join(parts)
 
@@ -213,10 +244,18 @@ def plot_accuracy(report: EvalReport, path: Path) -> Path:
             rows = [s for s in res.summary() if s.metric == res.metrics[0]]
             metric_label = res.metrics[0]
             acc = [s.accuracy for s in rows]
-            err = [[max(0.0, s.accuracy - s.ci_low) for s in rows],
-                   [max(0.0, s.ci_high - s.accuracy) for s in rows]]
-            ax.errorbar([x + 0.04 * (i - 1) for x in xs[: len(acc)]], acc, yerr=err, marker="o",
-                        capsize=3, label=res.method)
+            err = [
+                [max(0.0, s.accuracy - s.ci_low) for s in rows],
+                [max(0.0, s.ci_high - s.accuracy) for s in rows],
+            ]
+            ax.errorbar(
+                [x + 0.04 * (i - 1) for x in xs[: len(acc)]],
+                acc,
+                yerr=err,
+                marker="o",
+                capsize=3,
+                label=res.method,
+            )
         n = next((r.summary()[0].n for r in report.results if r.task == task), 0)
         ax.set_title(f"{task} (n={n})")
         ax.set_xlabel("round")
@@ -225,7 +264,7 @@ def plot_accuracy(report: EvalReport, path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     fig.suptitle("Accuracy by refinement round")
     fig.tight_layout()
@@ -239,8 +278,12 @@ def write_report(report: EvalReport, out_dir: str | Path, plot: bool = True) -> 
     """Write results.json, summary.csv, items.csv, report.md and accuracy_by_round.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "summary_csv": out / "summary.csv",
-             "items_csv": out / "items.csv", "markdown": out / "report.md"}
+    paths = {
+        "json": out / "results.json",
+        "summary_csv": out / "summary.csv",
+        "items_csv": out / "items.csv",
+        "markdown": out / "report.md",
+    }
     write_json_atomic(paths["json"], report.to_dict(), indent=1)
     summary = report.summary()
     fields = list(SummaryRow.__dataclass_fields__)
@@ -252,14 +295,39 @@ def write_report(report: EvalReport, out_dir: str | Path, plot: bool = True) -> 
     with open(paths["items_csv"], "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         metric_cols = list(dict.fromkeys(m for r in report.results for m in r.metrics))
-        w.writerow(["method", "task", "item_id", "round", "gold", "extracted", *metric_cols,
-                    "tokens", "finish_reason", "carried", "answer"])
+        w.writerow(
+            [
+                "method",
+                "task",
+                "item_id",
+                "round",
+                "gold",
+                "extracted",
+                *metric_cols,
+                "tokens",
+                "finish_reason",
+                "carried",
+                "answer",
+            ]
+        )
         for res in report.results:
             for it in res.items:
                 for r in it.rounds:
-                    w.writerow([res.method, res.task, it.id, r.round, it.gold[:200], r.extracted,
-                                *[r.values.get(m, "") for m in metric_cols], r.tokens,
-                                r.finish_reason, r.carried, r.answer])
+                    w.writerow(
+                        [
+                            res.method,
+                            res.task,
+                            it.id,
+                            r.round,
+                            it.gold[:200],
+                            r.extracted,
+                            *[r.values.get(m, "") for m in metric_cols],
+                            r.tokens,
+                            r.finish_reason,
+                            r.carried,
+                            r.answer,
+                        ]
+                    )
     atomic_write(paths["markdown"], markdown_report(report))
     if plot and report.results:
         paths["plot"] = plot_accuracy(report, out / "accuracy_by_round.png")

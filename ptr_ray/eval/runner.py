@@ -63,8 +63,11 @@ def _model_signature(source: str) -> str:
     p = Path(source).expanduser()
     if not p.is_dir():
         return source
-    parts = [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}"
-             for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    parts = [
+        f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}"
+        for f in sorted(p.iterdir())
+        if f.is_file() and not f.name.startswith(".")
+    ]
     return source + "|" + ",".join(parts)
 
 
@@ -123,20 +126,26 @@ def preflight(cfg: EvalConfig) -> tuple[list[EngineConfig], list[EvalTask]]:
                 log.warning(
                     "%s: %d rounds x up to %d new tokens may outgrow max_model_len=%d in late "
                     "rounds; raise engine.max_model_len if a prompt-too-long error appears",
-                    ecfg.model, cfg.rounds, worst // cfg.rounds, ecfg.max_model_len)
+                    ecfg.model,
+                    cfg.rounds,
+                    worst // cfg.rounds,
+                    ecfg.max_model_len,
+                )
     return engines, tasks
 
 
-def evaluate_task(engine: Engine, method: EvalMethodConfig, task: EvalTask, cfg: EvalConfig,
-                  fp: str = "") -> TaskResult:
+def evaluate_task(
+    engine: Engine, method: EvalMethodConfig, task: EvalTask, cfg: EvalConfig, fp: str = ""
+) -> TaskResult:
     """Refine every item of ``task`` for ``cfg.rounds`` rounds with one engine, then score."""
     t0 = time.time()
     queries = [task.prompt(i) for i in task.items]
     sampling = _sampling(cfg, task)
     round_seconds: list[float] = []
     last = [time.time()]
-    bar = tqdm(total=cfg.rounds, desc=f"{method.name}/{task.name} rounds", leave=False,
-               unit="round")
+    bar = tqdm(
+        total=cfg.rounds, desc=f"{method.name}/{task.name} rounds", leave=False, unit="round"
+    )
 
     def on_round(k: int, n: int) -> None:
         now = time.time()
@@ -144,12 +153,25 @@ def evaluate_task(engine: Engine, method: EvalMethodConfig, task: EvalTask, cfg:
         last[0] = now
         bar.update(1)
         bar.set_postfix(items=n)
-        log.info("%s/%s: round %d done for %d items in %.1fs", method.name, task.name, k, n,
-                 round_seconds[-1])
+        log.info(
+            "%s/%s: round %d done for %d items in %.1fs",
+            method.name,
+            task.name,
+            k,
+            n,
+            round_seconds[-1],
+        )
 
     try:
-        refined = refine_batch(engine, queries, cfg.rounds, sampling, cfg.prompt,
-                               stop_when_stable=cfg.stop_when_stable, on_round=on_round)
+        refined = refine_batch(
+            engine,
+            queries,
+            cfg.rounds,
+            sampling,
+            cfg.prompt,
+            stop_when_stable=cfg.stop_when_stable,
+            on_round=on_round,
+        )
     finally:
         bar.close()
     while len(round_seconds) < cfg.rounds:  # every item stopped early: later rounds are free
@@ -163,19 +185,41 @@ def evaluate_task(engine: Engine, method: EvalMethodConfig, task: EvalTask, cfg:
             rr = res.rounds[min(k, len(res.rounds)) - 1]
             answers.append(rr.answer)
             rounds.append((rr, carried))
-        scores = score_batch(task.kind, task.items, answers, code_timeout_s=cfg.code_timeout_s,
-                             similarity_threshold=cfg.similarity_threshold)
+        scores = score_batch(
+            task.kind,
+            task.items,
+            answers,
+            code_timeout_s=cfg.code_timeout_s,
+            similarity_threshold=cfg.similarity_threshold,
+        )
         for item, (rr, carried), sc in zip(items, rounds, scores, strict=True):
-            item.rounds.append(ItemRound(
-                round=k, answer=rr.answer, extracted=sc.extracted, values=sc.values,
-                tokens=0 if carried else rr.tokens,
-                finish_reason="carried" if carried else rr.finish_reason,
-                prompt_tokens=0 if carried else rr.prompt_tokens,
-                cached_tokens=0 if carried else rr.cached_tokens,
-                carried=carried, detail=sc.detail))
-    return TaskResult(method.name, method.model, task.name, task.kind,
-                      task.metric_names(cfg.math_metric), cfg.rounds, items, fp, round_seconds,
-                      time.time() - t0, dict(task.skipped))
+            item.rounds.append(
+                ItemRound(
+                    round=k,
+                    answer=rr.answer,
+                    extracted=sc.extracted,
+                    values=sc.values,
+                    tokens=0 if carried else rr.tokens,
+                    finish_reason="carried" if carried else rr.finish_reason,
+                    prompt_tokens=0 if carried else rr.prompt_tokens,
+                    cached_tokens=0 if carried else rr.cached_tokens,
+                    carried=carried,
+                    detail=sc.detail,
+                )
+            )
+    return TaskResult(
+        method.name,
+        method.model,
+        task.name,
+        task.kind,
+        task.metric_names(cfg.math_metric),
+        cfg.rounds,
+        items,
+        fp,
+        round_seconds,
+        time.time() - t0,
+        dict(task.skipped),
+    )
 
 
 def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> EvalReport:
@@ -192,8 +236,11 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
             pending: list[tuple[EvalTask, str]] = []
             for task in tasks:
                 fp = fingerprint(cfg, ecfg, task)
-                cached = _load_cached(_result_path(cfg, method.name, task.name), fp) \
-                    if cfg.resume else None
+                cached = (
+                    _load_cached(_result_path(cfg, method.name, task.name), fp)
+                    if cfg.resume
+                    else None
+                )
                 if cached is not None:
                     log.info("%s/%s: reusing finished result", method.name, task.name)
                     by_key[(method.name, task.name)] = cached
@@ -203,8 +250,13 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
                     pending.append((task, fp))
             if not pending:
                 continue
-            log.info("method %s: starting %s engine for %s (%d tasks)", method.name,
-                     ecfg.backend, ecfg.model, len(pending))
+            log.info(
+                "method %s: starting %s engine for %s (%d tasks)",
+                method.name,
+                ecfg.backend,
+                ecfg.model,
+                len(pending),
+            )
             engine = factory(ecfg)
             try:
                 for task, fp in pending:
@@ -213,13 +265,19 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
                         res = evaluate_task(engine, method, task, cfg, fp)
                     except ValueError as e:  # e.g. a late-round prompt longer than the context
                         raise EvalError(f"{method.name}/{task.name}: {e}") from e
-                    write_json_atomic(_result_path(cfg, method.name, task.name), res.to_dict(),
-                                      indent=None)
+                    write_json_atomic(
+                        _result_path(cfg, method.name, task.name), res.to_dict(), indent=None
+                    )
                     by_key[(method.name, task.name)] = res
                     head = res.summary()
                     accs = [r.accuracy for r in head if r.metric == res.metrics[0]]
-                    log.info("%s/%s %s by round: %s", method.name, task.name, res.metrics[0],
-                             " ".join(f"{a:.3f}" for a in accs))
+                    log.info(
+                        "%s/%s %s by round: %s",
+                        method.name,
+                        task.name,
+                        res.metrics[0],
+                        " ".join(f"{a:.3f}" for a in accs),
+                    )
                     bar.update(1)
             finally:
                 engine.close()

@@ -44,25 +44,39 @@ def run_programs(
     """
     out: list[dict[str, Any]] = []
     for start in range(0, len(jobs), CHUNK):
-        chunk = list(jobs[start: start + CHUNK])
+        chunk = list(jobs[start : start + CHUNK])
         out.extend(_run_chunk(chunk, timeout_s, workers))
     return out
 
 
-def _run_chunk(chunk: list[tuple[dict[str, Any], str]], timeout_s: float,
-               workers: int) -> list[dict[str, Any]]:
-    payload = json.dumps({"timeout": timeout_s, "workers": workers,
-                          "jobs": [{"problem": p, "completion": c} for p, c in chunk]})
+def _run_chunk(
+    chunk: list[tuple[dict[str, Any], str]], timeout_s: float, workers: int
+) -> list[dict[str, Any]]:
+    payload = json.dumps(
+        {
+            "timeout": timeout_s,
+            "workers": workers,
+            "jobs": [{"problem": p, "completion": c} for p, c in chunk],
+        }
+    )
     wall = timeout_s * len(chunk) / max(1, workers) + 2 * len(chunk) + 30
     with tempfile.TemporaryDirectory(prefix="ptr-sandbox-") as tmp:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "ptr_ray.eval.sandbox"], input=payload, text=True,
-                capture_output=True, timeout=wall, cwd=tmp, env=_clean_env(),
+                [sys.executable, "-m", "ptr_ray.eval.sandbox"],
+                input=payload,
+                text=True,
+                capture_output=True,
+                timeout=wall,
+                cwd=tmp,
+                env=_clean_env(),
             )
         except subprocess.TimeoutExpired:
-            log.warning("code sandbox exceeded %.0fs for %d programs; counted as timed out",
-                        wall, len(chunk))
+            log.warning(
+                "code sandbox exceeded %.0fs for %d programs; counted as timed out",
+                wall,
+                len(chunk),
+            )
             return [{"passed": False, "result": "timed out"} for _ in chunk]
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
@@ -70,7 +84,9 @@ def _run_chunk(chunk: list[tuple[dict[str, Any], str]], timeout_s: float,
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     results = json.loads(lines[-1])["results"]
     if len(results) != len(chunk):
-        raise RuntimeError(f"code sandbox returned {len(results)} results for {len(chunk)} programs")
+        raise RuntimeError(
+            f"code sandbox returned {len(results)} results for {len(chunk)} programs"
+        )
     return results
 
 

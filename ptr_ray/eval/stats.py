@@ -60,8 +60,17 @@ def wilcoxon_greater(strong: Sequence[float], weak: Sequence[float]) -> dict[str
     diffs = [s - w for s, w in zip(strong, weak, strict=True)]
     nonzero = sum(1 for d in diffs if d)
     if nonzero == 0:
-        return {"statistic": None, "p_value": 1.0, "n_pairs": len(diffs), "n_discordant": 0,
-                "note": "identical scores on every item: no evidence either way"}
+        return {
+            "statistic": None,
+            "p_value": 1.0,
+            "n_pairs": len(diffs),
+            "n_discordant": 0,
+            "note": "identical scores on every item: no evidence either way",
+        }
     res = wilcoxon(strong, weak, alternative="greater", zero_method="wilcox")
-    return {"statistic": float(res.statistic), "p_value": float(res.pvalue),
-            "n_pairs": len(diffs), "n_discordant": nonzero}
+    return {
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "n_pairs": len(diffs),
+        "n_discordant": nonzero,
+    }

@@ -49,8 +49,12 @@ PACKAGED_KINDS: dict[str, str] = {
 }
 
 # config metric name -> metric kind
-CUSTOM_KINDS = {"multiple_choice": "multiple_choice", "math": "math", "exact": "exact",
-                "similarity": "similarity"}
+CUSTOM_KINDS = {
+    "multiple_choice": "multiple_choice",
+    "math": "math",
+    "exact": "exact",
+    "similarity": "similarity",
+}
 
 
 class TaskError(PtrRayValueError):
@@ -142,15 +146,27 @@ def task_order(cfg: EvalConfig) -> list[str]:
 
 
 def _custom(tc: EvalTaskConfig, cfg: EvalConfig) -> EvalTask:
-    items, skipped = benchmarks.load_jsonl(tc.path, tc.name, tc.question_field, tc.answer_field,
-                                           tc.choices_field, tc.id_field)
+    items, skipped = benchmarks.load_jsonl(
+        tc.path, tc.name, tc.question_field, tc.answer_field, tc.choices_field, tc.id_field
+    )
     if skipped:
-        log.warning("task %s: skipped %d malformed rows of %s: %s", tc.name,
-                    sum(skipped.values()), tc.path,
-                    ", ".join(f"{k} ({v})" for k, v in skipped.items()))
+        log.warning(
+            "task %s: skipped %d malformed rows of %s: %s",
+            tc.name,
+            sum(skipped.values()),
+            tc.path,
+            ", ".join(f"{k} ({v})" for k, v in skipped.items()),
+        )
     items = benchmarks.sample_items(items, cfg.limit, cfg.seed)
-    return EvalTask(tc.name, CUSTOM_KINDS[tc.metric], items, tc.prompt_template, tc.max_tokens,
-                    skipped, source=str(tc.path))
+    return EvalTask(
+        tc.name,
+        CUSTOM_KINDS[tc.metric],
+        items,
+        tc.prompt_template,
+        tc.max_tokens,
+        skipped,
+        source=str(tc.path),
+    )
 
 
 def load_tasks(cfg: EvalConfig) -> list[EvalTask]:

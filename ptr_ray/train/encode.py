@@ -119,7 +119,9 @@ class Encoder:
         self.seed = seed
         self._cache: dict[tuple[int, tuple[str, ...]], tuple[list[int], list[tuple[int, int]]]] = {}
 
-    def spans(self, record: Record, turns: Sequence[str], index: int = -1) -> tuple[list[int], list[tuple[int, int]]]:
+    def spans(
+        self, record: Record, turns: Sequence[str], index: int = -1
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         key = (index, tuple(turns))
         if index >= 0 and key in self._cache:
             return self._cache[key]
@@ -130,7 +132,9 @@ class Encoder:
             self._cache[key] = out
         return out
 
-    def encode(self, record: Record, index: int, epoch: int = 0) -> tuple[Episode | None, EncodeStats]:
+    def encode(
+        self, record: Record, index: int, epoch: int = 0
+    ) -> tuple[Episode | None, EncodeStats]:
         """One record -> one episode (or None when skipped), with what happened to it."""
         st = EncodeStats(records=1)
         if record.kind == "sft" and not self.include_sft and self.mode == "ptr":
@@ -185,11 +189,11 @@ def check_dataset(tokenizer: Any, records: Sequence[Record], cfg: Any) -> dict[s
         )
     if cfg.mode == "ptr" and not any(r.thoughts for r in usable):
         log.warning("dataset %s has no thoughts at all: PTR reduces to plain SFT", cfg.dataset)
-    answer_lens = [
-        len(tokenizer(r.answer, add_special_tokens=False)["input_ids"]) for r in usable
-    ]
+    answer_lens = [len(tokenizer(r.answer, add_special_tokens=False)["input_ids"]) for r in usable]
     shortest = min(range(len(usable)), key=answer_lens.__getitem__)
-    enc = Encoder(tokenizer, 1 << 30, "ift", cfg.prompt.refine_instruction, cfg.prompt.system_prompt)
+    enc = Encoder(
+        tokenizer, 1 << 30, "ift", cfg.prompt.refine_instruction, cfg.prompt.system_prompt
+    )
     ids, spans = enc.spans(usable[shortest], [usable[shortest].answer])  # also checks the template
     need = spans[-1][1] - spans[-1][0]
     if cfg.max_length < need:
@@ -238,7 +242,12 @@ class Plan:
 
 
 def plan_epoch(
-    episodes: list[Episode], max_length: int, micro_batch_size: int, packing: bool, seed: int, epoch: int
+    episodes: list[Episode],
+    max_length: int,
+    micro_batch_size: int,
+    packing: bool,
+    seed: int,
+    epoch: int,
 ) -> Plan:
     """Pack (or not) and group into micro-batches, in a seeded random order."""
     rng = random.Random(f"pack:{seed}:{epoch}")
@@ -264,7 +273,9 @@ def pad_plan(plan: Plan, n_micro: int) -> Plan:
     return plan
 
 
-def collate(episodes: Sequence[Episode], groups: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any]:
+def collate(
+    episodes: Sequence[Episode], groups: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, Any]:
     """Tensors for one micro-batch: each row is one packed sequence of whole episodes.
 
     Returns input_ids, position_ids (restart at 0 per episode; padding is a segment of its
@@ -307,7 +318,9 @@ def collate(episodes: Sequence[Episode], groups: Sequence[Sequence[int]], pad_id
     }
 
 
-def padding_efficiency(lengths: Sequence[int], max_length: int, micro_batch_size: int, seed: int = 0) -> dict[str, float]:
+def padding_efficiency(
+    lengths: Sequence[int], max_length: int, micro_batch_size: int, seed: int = 0
+) -> dict[str, float]:
     """Non-pad / all tokens with packing vs. padding each micro-batch to its longest episode."""
     rng = random.Random(seed)
     total = sum(lengths)

@@ -29,8 +29,11 @@ def peft_lora_config(section: Any) -> Any:
 
     targets = section.target_modules
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=section.r, lora_alpha=section.alpha,
-        lora_dropout=section.dropout, bias="none",
+        task_type=TaskType.CAUSAL_LM,
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        bias="none",
         target_modules=targets if isinstance(targets, str) else list(targets),
     )
 
@@ -44,12 +47,15 @@ def check_targets(model: Any, section: Any) -> None:
     if isinstance(section.target_modules, str):
         return
     names = [n for n, _ in model.named_modules()]
-    missing = [t for t in section.target_modules
-               if not any(n == t or n.endswith("." + t) for n in names)]
+    missing = [
+        t for t in section.target_modules if not any(n == t or n.endswith("." + t) for n in names)
+    ]
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n[-1].isdigit()})
-        raise ConfigError(f"lora.target_modules {missing} not found in the model; "
-                         f"module names include {leaves[:20]}")
+        raise ConfigError(
+            f"lora.target_modules {missing} not found in the model; "
+            f"module names include {leaves[:20]}"
+        )
 
 
 def count_params(model: Any) -> tuple[int, int]:

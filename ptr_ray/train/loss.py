@@ -115,7 +115,11 @@ def ptr_loss(
     ce = torch.where(ans, nll, torch.zeros_like(nll)).sum() / max(n_ans, 1)
 
     S = turns.shape[0]
-    ep, t, n = turns[:, 3].to(device), turns[:, 4].to(device).float(), turns[:, 5].to(device).float()
+    ep, t, n = (
+        turns[:, 3].to(device),
+        turns[:, 4].to(device).float(),
+        turns[:, 5].to(device).float(),
+    )
     n_ep = int(ep.max()) + 1
     seg_sel = seg_next[sel]
     counts = torch.bincount(seg_sel, minlength=S).clamp_min(1).float()

@@ -70,7 +70,9 @@ def check_inputs(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
         raise ConfigError("attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
     from ptr_ray.train.worker import deepspeed_config
 
-    deepspeed_config(cfg, cfg.scaling.num_workers)  # a bad DeepSpeed JSON fails here, not in a worker
+    deepspeed_config(
+        cfg, cfg.scaling.num_workers
+    )  # a bad DeepSpeed JSON fails here, not in a worker
     if cfg.lora.enabled:
         _check_lora_targets(model_path, cfg)
     return model_path, records, info
@@ -96,8 +98,14 @@ def run_train(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(update={"output_dir": str(out)})
     dump_config(cfg, out / "train_config.yaml")
-    log.info("dataset %s: %d records (%d usable in mode %s); shortest answer %d tokens",
-             cfg.dataset, info["records"], info["usable"], cfg.mode, info["shortest_answer_tokens"])
+    log.info(
+        "dataset %s: %d records (%d usable in mode %s); shortest answer %d tokens",
+        cfg.dataset,
+        info["records"],
+        info["usable"],
+        cfg.mode,
+        info["shortest_answer_tokens"],
+    )
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -116,15 +124,17 @@ def run_train(cfg: TrainConfig) -> Path:
         storage = cfg.storage_path or str(out / "ray")
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"),
-                               "records": ray.put(records)},
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "records": ray.put(records)},
             torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
-                num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
+                num_workers=sc.num_workers,
+                use_gpu=sc.use_gpu,
+                resources_per_worker=resources,
                 placement_strategy=sc.placement_strategy,
             ),
             run_config=RunConfig(
-                name=RUN_NAME, storage_path=storage,
+                name=RUN_NAME,
+                storage_path=storage,
                 worker_runtime_env={"env_vars": _worker_env(cfg)},
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
@@ -149,12 +159,22 @@ def run_train(cfg: TrainConfig) -> Path:
         raise RuntimeError("training finished without a checkpoint")
     with ckpt.as_directory() as ckpt_dir:
         state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
-        log.info("training done at step %d/%d in %.1fs; checkpoint %s", state["step"],
-                 state["total_steps"], time.time() - t0, ckpt.path)
+        log.info(
+            "training done at step %d/%d in %.1fs; checkpoint %s",
+            state["step"],
+            state["total_steps"],
+            time.time() - t0,
+            ckpt.path,
+        )
         if not cfg.export:
             return out
         meta = {"step": state["step"], "mode": cfg.mode, "dataset": cfg.dataset}
         if cfg.lora.enabled:
             meta["lora_merged"] = cfg.lora.model_dump(mode="json")
-        return export_model(ckpt_dir, model_path, out / "model", meta=meta,
-                            lora=cfg.lora if cfg.lora.enabled else None)
+        return export_model(
+            ckpt_dir,
+            model_path,
+            out / "model",
+            meta=meta,
+            lora=cfg.lora if cfg.lora.enabled else None,
+        )

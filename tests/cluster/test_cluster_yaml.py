@@ -51,8 +51,9 @@ def schema() -> dict:
 
 
 def _workers(cluster: dict) -> dict[str, dict]:
-    return {k: v for k, v in cluster["available_node_types"].items()
-            if k != cluster["head_node_type"]}
+    return {
+        k: v for k, v in cluster["available_node_types"].items() if k != cluster["head_node_type"]
+    }
 
 
 def test_valid_against_rays_autoscaler_schema(cluster, schema):
@@ -102,13 +103,17 @@ def test_node_shapes_match_their_instance_types(cluster):
 def test_cpu_head_gpu_workers_for_vllm_and_training_and_spot(cluster):
     head = cluster["available_node_types"][cluster["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and head["resources"].get("GPU", 0) == 0, (
-        "the head hosts drivers, GCS and dashboard only")
+        "the head hosts drivers, GCS and dashboard only"
+    )
     workers = _workers(cluster)
     pools = {v["labels"]["ptr-ray.io/pool"]: v for v in workers.values()}
     assert {"vllm", "train", "cpu"} <= set(pools)
     assert pools["vllm"]["resources"]["GPU"] >= 1 and pools["train"]["resources"]["GPU"] >= 1
-    spot = {k for k, v in workers.items()
-            if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"}
+    spot = {
+        k
+        for k, v in workers.items()
+        if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    }
     assert any(workers[k]["resources"].get("GPU", 0) for k in spot), "a spot GPU type for vLLM"
     # Training on spot loses a whole step on every reclaim: its type stays on-demand.
     train = next(k for k, v in workers.items() if v["labels"]["ptr-ray.io/pool"] == "train")
@@ -119,12 +124,17 @@ def test_cpu_head_gpu_workers_for_vllm_and_training_and_spot(cluster):
 
 
 def test_image_matches_the_pinned_ray_and_python(cluster):
-    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().split()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "constraints.txt").read_text().split()
+        if "==" in line and not line.startswith("#")
+    )
     image = cluster["docker"]["image"]
     m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-gpu", image)
     assert m, f"unexpected image {image}"
-    assert m.group(1) == pins["ray"], f"image Ray {m.group(1)} != constraints.txt ray=={pins['ray']}"
+    assert m.group(1) == pins["ray"], (
+        f"image Ray {m.group(1)} != constraints.txt ray=={pins['ray']}"
+    )
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert f"3.{m.group(2)}" in ("3.11", "3.12") and ">=3.11" in requires
 
@@ -136,7 +146,9 @@ def test_nodes_install_ptr_ray_with_the_gpu_extra(cluster):
     assert "cd ~/ptr-ray" in setup and cluster["file_mounts"]["~/ptr-ray"] == "."
     for path in ("constraints.txt", "requirements/packaged.txt", "pyproject.toml"):
         assert (REPO / path).is_file()
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert any(d.startswith("vllm==") for d in extras["gpu"])
     # The code must reach the nodes: nothing under ptr_ray/ or jobs/ may be excluded.
     for pat in cluster["rsync_exclude"]:
@@ -189,7 +201,9 @@ def test_serve_gpu_replicas_fit_on_one_node(cluster):
         tp = int(engine.get("tensor_parallel_size", 1))
         for dep in app.get("deployments") or []:
             gpus = (dep.get("ray_actor_options") or {}).get("num_gpus", 0)
-            assert gpus <= per_node, f"{dep['name']} wants {gpus} GPUs per replica; nodes have {per_node}"
+            assert gpus <= per_node, (
+                f"{dep['name']} wants {gpus} GPUs per replica; nodes have {per_node}"
+            )
             auto = dep.get("autoscaling_config") or {}
             assert gpus * auto.get("max_replicas", dep.get("num_replicas", 1) or 1) <= total
         assert tp <= per_node, "vLLM tensor parallelism must stay inside one node"
@@ -213,9 +227,13 @@ def test_eval_gpu_engine_fits(cluster):
     assert (ev.get("ray") or {}).get("address") == "auto", "a job must join the cluster"
 
 
-GPU_CONFIGS = ("jobs/configs/pipeline_gpu.yaml", "jobs/configs/build_gpu.yaml",
-               "jobs/configs/train_gpu.yaml", "jobs/configs/eval_gpu.yaml",
-               "serve_configs/gpu.yaml")
+GPU_CONFIGS = (
+    "jobs/configs/pipeline_gpu.yaml",
+    "jobs/configs/build_gpu.yaml",
+    "jobs/configs/train_gpu.yaml",
+    "jobs/configs/eval_gpu.yaml",
+    "serve_configs/gpu.yaml",
+)
 
 
 def mnt_paths(node: object) -> list[str]:
@@ -238,8 +256,11 @@ def test_gpu_config_paths_are_on_shared_storage(cluster, name):
     path = REPO / name
     if not path.is_file():
         pytest.skip(f"{name} does not exist yet")
-    mounts = {opt.split()[1].split(":")[1] for opt in cluster["docker"]["run_options"]
-              if opt.startswith("-v ")}
+    mounts = {
+        opt.split()[1].split(":")[1]
+        for opt in cluster["docker"]["run_options"]
+        if opt.startswith("-v ")
+    }
     bad = [p for p in mnt_paths(yaml.safe_load(path.read_text())) if not under(p, mounts)]
     assert not bad, f"{name}: {bad} are outside the cluster's shared mounts {sorted(mounts)}"
 

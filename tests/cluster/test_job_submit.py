@@ -40,9 +40,15 @@ RAY = VENV_BIN / "ray"
 
 # Named ports of `ray start --head`; the worker port range comes after them in the same block.
 PORT_FLAGS = (
-    "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-    "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-    "--metrics-export-port", "--runtime-env-agent-port",
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
 )
 WORKER_PORTS = 64
 
@@ -79,7 +85,11 @@ class LocalCluster:
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run the ray CLI against this cluster only (explicit --address, own token)."""
         return subprocess.run(
-            [str(RAY), *args], env=self.env, cwd=self.temp_dir, capture_output=True, text=True,
+            [str(RAY), *args],
+            env=self.env,
+            cwd=self.temp_dir,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
@@ -87,8 +97,11 @@ class LocalCluster:
         """GET the dashboard's job REST API; token auth wants a bearer header."""
         import httpx
 
-        r = httpx.get(f"{self.dashboard_url}{path}", timeout=30,
-                      headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        r = httpx.get(
+            f"{self.dashboard_url}{path}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
+        )
         r.raise_for_status()
         return r.json()
 
@@ -137,32 +150,50 @@ def local_cluster() -> Iterator[LocalCluster]:
     base = free_port_block(len(PORT_FLAGS) + WORKER_PORTS)
     ports = {flag: base + i for i, flag in enumerate(PORT_FLAGS)}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({
-        # `python` in the job's entrypoint must be this venv's: ptr_ray is installed there.
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),  # this cluster's own token, not ~/.ray's
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "DS_ACCELERATOR": "cpu",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            # `python` in the job's entrypoint must be this venv's: ptr_ray is installed there.
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),  # this cluster's own token, not ~/.ray's
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "DS_ACCELERATOR": "cpu",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     cluster = LocalCluster(temp_dir=temp_dir, ports=ports, env=env)
-    args = ["start", "--head", "--num-cpus", "2", "--num-gpus", "0",
-            "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
-            "--temp-dir", str(temp_dir), "--disable-usage-stats",
-            "--min-worker-port", str(base + len(PORT_FLAGS)),
-            "--max-worker-port", str(base + len(PORT_FLAGS) + WORKER_PORTS - 1)]
+    args = [
+        "start",
+        "--head",
+        "--num-cpus",
+        "2",
+        "--num-gpus",
+        "0",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--include-dashboard",
+        "true",
+        "--temp-dir",
+        str(temp_dir),
+        "--disable-usage-stats",
+        "--min-worker-port",
+        str(base + len(PORT_FLAGS)),
+        "--max-worker-port",
+        str(base + len(PORT_FLAGS) + WORKER_PORTS - 1),
+    ]
     for flag, port in ports.items():
         args += [flag, str(port)]
     t0 = time.time()
     try:
         res = cluster.ray(*args, timeout=180)
         assert res.returncode == 0, f"ray start failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        print(f"ray start: {time.time() - t0:.1f}s, dashboard {cluster.dashboard_url}, "
-              f"temp dir {temp_dir}")
+        print(
+            f"ray start: {time.time() - t0:.1f}s, dashboard {cluster.dashboard_url}, "
+            f"temp dir {temp_dir}"
+        )
         yield cluster
     finally:
         stopped = cluster.stop()
@@ -174,23 +205,42 @@ def local_cluster() -> Iterator[LocalCluster]:
 def job_dir(tmp_path_factory) -> Path:
     """A small working dir: the job scripts only (ptr_ray comes from the venv's install)."""
     wd = tmp_path_factory.mktemp("job-wd")
-    shutil.copytree(REPO / "jobs", wd / "jobs",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "jobs", wd / "jobs", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     return wd
 
 
 def _submit(cluster: LocalCluster, job_dir: Path, submission_id: str, *job_args: str):
     return cluster.ray(
-        "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
-        "--working-dir", str(job_dir), "--", "python", "jobs/smoke.py", *job_args,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(job_dir),
+        "--",
+        "python",
+        "jobs/smoke.py",
+        *job_args,
     )
 
 
 def test_smoke_job_runs_on_the_cluster(local_cluster, job_dir, tiny_model_dir):
     sid = f"ptr-smoke-{secrets.token_hex(4)}"
     t0 = time.time()
-    res = _submit(local_cluster, job_dir, sid, f"models=[{tiny_model_dir}]", "engine.backend=hf",
-                  "engine.dtype=float32", "sampling.max_tokens=8", "query=What is 2+2?")
+    res = _submit(
+        local_cluster,
+        job_dir,
+        sid,
+        f"models=[{tiny_model_dir}]",
+        "engine.backend=hf",
+        "engine.dtype=float32",
+        "sampling.max_tokens=8",
+        "query=What is 2+2?",
+    )
     elapsed = time.time() - t0
     out = res.stdout + res.stderr
     assert res.returncode == 0, f"ray job submit failed ({res.returncode}):\n{out[-4000:]}"
@@ -233,8 +283,14 @@ def test_stop_kills_this_cluster_and_nothing_else(local_cluster):
 
     decoy_dir = "/tmp/ray-someone-else/session_x/logs"
     decoy = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "gcs_server",
-         f"--log_dir={decoy_dir}", "--gcs_server_port=6379"],
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(120)",
+            "gcs_server",
+            f"--log_dir={decoy_dir}",
+            "--gcs_server_port=6379",
+        ],
     )
     try:
         ours = local_cluster.processes()
@@ -243,10 +299,16 @@ def test_stop_kills_this_cluster_and_nothing_else(local_cluster):
         assert any("/raylet" in c for c in cmds), cmds
         ours_pids = {p.pid for p in ours}
         assert decoy.pid not in ours_pids
-        neighbours = [p for p in psutil.process_iter(["cmdline"])
-                      if p.pid not in ours_pids and p.pid != os.getpid()
-                      and any(k in " ".join(p.info["cmdline"] or [])
-                              for k in ("gcs_server", "/raylet", "dashboard.py"))]
+        neighbours = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.pid not in ours_pids
+            and p.pid != os.getpid()
+            and any(
+                k in " ".join(p.info["cmdline"] or [])
+                for k in ("gcs_server", "/raylet", "dashboard.py")
+            )
+        ]
         assert any(p.pid == decoy.pid for p in neighbours)
 
         stopped = set(local_cluster.stop())
@@ -257,7 +319,8 @@ def test_stop_kills_this_cluster_and_nothing_else(local_cluster):
             socket.create_connection(("127.0.0.1", local_cluster.ports["--dashboard-port"]), 2)
         for p in neighbours:
             assert p.is_running() and p.status() != psutil.STATUS_ZOMBIE, (
-                f"stopping the test cluster killed a process it does not own: {p.info['cmdline']}")
+                f"stopping the test cluster killed a process it does not own: {p.info['cmdline']}"
+            )
     finally:
         decoy.kill()
         decoy.wait()

@@ -53,13 +53,18 @@ def _pods(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _gpus(pod: dict[str, Any]) -> int:
-    return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-               for c in pod["containers"])
+    return sum(
+        int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for c in pod["containers"]
+    )
 
 
 def _pins() -> dict[str, str]:
-    return dict(ln.split("==", 1) for ln in (REPO / "constraints.txt").read_text().split()
-                if "==" in ln and not ln.startswith("#"))
+    return dict(
+        ln.split("==", 1)
+        for ln in (REPO / "constraints.txt").read_text().split()
+        if "==" in ln and not ln.startswith("#")
+    )
 
 
 def _dockerfile() -> str:
@@ -91,8 +96,10 @@ def test_ray_cluster_spec(ray_obj):
     for group in [head, *spec["workerGroupSpecs"]]:
         # KubeRay's rayStartParams is map[string]string: a YAML int or bool is rejected.
         assert all(isinstance(v, str) for v in group["rayStartParams"].values()), group
-    ports = {p["name"]: p["containerPort"]
-             for p in head["template"]["spec"]["containers"][0].get("ports", [])}
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in head["template"]["spec"]["containers"][0].get("ports", [])
+    }
     assert ports.get("dashboard") == 8265 and ports.get("gcs-server") == 6379
     for g in spec["workerGroupSpecs"]:
         assert 0 <= g["minReplicas"] <= g.get("replicas", 0) <= g["maxReplicas"], g["groupName"]
@@ -118,9 +125,13 @@ def test_pods_gpu_limits_volumes_and_image(ray_obj):
         elif _gpus(pod):
             assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), name
             assert "/dev/shm" in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}, (
-                f"{name}: vLLM/NCCL need a large /dev/shm")
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values()
-                  if "persistentVolumeClaim" in v}
+                f"{name}: vLLM/NCCL need a large /dev/shm"
+            )
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in volumes.values()
+            if "persistentVolumeClaim" in v
+        }
         assert claims <= {_one("PersistentVolumeClaim")["metadata"]["name"]}
     version = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
     assert images == {f"ptr-ray:{version}-gpu"}, images
@@ -137,16 +148,20 @@ def test_rayjob_runs_the_pipeline():
     assert env["working_dir"] == workdir, "relative paths of the entrypoint resolve in working_dir"
     assert "COPY --chown=ray:users jobs/ jobs/" in _dockerfile()
     assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "K8sJobMode"
-    pools = {g["template"]["metadata"]["labels"]["ptr-ray.io/pool"]: g
-             for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
+    pools = {
+        g["template"]["metadata"]["labels"]["ptr-ray.io/pool"]: g
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+    }
     assert {"vllm", "train", "cpu"} <= set(pools)
     assert _gpus(pools["vllm"]["template"]["spec"]) >= 1
     assert _gpus(pools["train"]["template"]["spec"]) >= 1
     assert _gpus(pools["cpu"]["template"]["spec"]) == 0
     spot = pools["vllm"]["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"]
     assert spot == "SPOT"
-    assert pools["train"]["template"]["spec"]["nodeSelector"][
-        "eks.amazonaws.com/capacityType"] == "ON_DEMAND"
+    assert (
+        pools["train"]["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"]
+        == "ON_DEMAND"
+    )
 
 
 def test_rayjob_config_loads_and_joins_the_cluster():
@@ -190,10 +205,14 @@ def test_rayservice_embeds_serve_configs_gpu_yaml():
         pytest.skip("serve_configs/gpu.yaml not written yet (serve stage)")
     source = yaml.safe_load(gpu.read_text())
     assert [a["import_path"] for a in serve["applications"]] == [
-        a["import_path"] for a in source["applications"]]
+        a["import_path"] for a in source["applications"]
+    ]
     assert serve == source, "k8s/rayservice.yaml is stale: run python k8s/sync_serve_config.py"
-    res = subprocess.run([sys.executable, str(K8S / "sync_serve_config.py"), "--check"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(K8S / "sync_serve_config.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -224,8 +243,8 @@ def test_rayservice_replicas_fit_the_serve_group():
             assert gpus * auto.get("max_replicas", dep.get("num_replicas") or 1) <= total
             if gpus:
                 assert auto.get("min_replicas", 1) * gpus <= sum(
-                    _gpus(g["template"]["spec"]) * g["minReplicas"] for g in groups), (
-                    "minReplicas of the GPU group must hold the Serve minimum")
+                    _gpus(g["template"]["spec"]) * g["minReplicas"] for g in groups
+                ), "minReplicas of the GPU group must hold the Serve minimum"
 
 
 def test_rayjob_groups_fit_the_gpu_job_configs():
@@ -253,7 +272,9 @@ def test_dockerfile_installs_the_gpu_extra_on_the_pinned_ray():
     base = re.search(r"^FROM rayproject/ray:(\S+)-py311-gpu$", df, re.M)
     assert base and base[1] == _pins()["ray"], "image Ray must equal constraints.txt's pin"
     assert "pip install --no-cache-dir -c constraints.txt -e '.[gpu]'" in df
-    assert "pip install --no-cache-dir --no-deps -c constraints.txt -r requirements/packaged.txt" in df
+    assert (
+        "pip install --no-cache-dir --no-deps -c constraints.txt -r requirements/packaged.txt" in df
+    )
     for src in re.findall(r"^COPY --chown=\S+ (.+) \S+$", df, re.M):
         for item in src.split():
             assert (REPO / item.rstrip("/")).exists(), f"Dockerfile copies missing {item}"
@@ -266,12 +287,18 @@ def test_kustomize_builds_and_rewrites_every_image(tmp_path):
     kust = yaml.safe_load((k / "kustomization.yaml").read_text())
     kust["images"] = [{"name": "ptr-ray", "newName": "registry.example/ptr-ray", "newTag": "t1"}]
     (k / "kustomization.yaml").write_text(yaml.safe_dump(kust))
-    res = subprocess.run(["kubectl", "kustomize", str(k)], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        ["kubectl", "kustomize", str(k)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     built = [d for d in yaml.safe_load_all(res.stdout) if d]
-    images = [c["image"] for d in built if d["kind"].startswith("Ray")
-              for _, pod in _pods(_cluster_spec(d)) for c in pod["containers"]]
+    images = [
+        c["image"]
+        for d in built
+        if d["kind"].startswith("Ray")
+        for _, pod in _pods(_cluster_spec(d))
+        for c in pod["containers"]
+    ]
     assert images and set(images) == {"registry.example/ptr-ray:t1"}
 
 
@@ -290,8 +317,9 @@ def test_gpu_config_paths_are_mounted_in_the_pods():
         obj = _one("RayService" if name.startswith("serve_configs") else "RayJob")
         for group, pod in _pods(_cluster_spec(obj)):
             mounts = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
-            bad = [p for p in cy.mnt_paths(yaml.safe_load(path.read_text()))
-                   if not cy.under(p, mounts)]
+            bad = [
+                p for p in cy.mnt_paths(yaml.safe_load(path.read_text())) if not cy.under(p, mounts)
+            ]
             assert not bad, f"{name}: {bad} not mounted in {obj['kind']} group {group}"
         checked += 1
     if not checked:

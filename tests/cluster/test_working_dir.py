@@ -27,8 +27,11 @@ def upload(tmp_path_factory) -> zipfile.ZipFile:
 
 
 def _source_files(top: str) -> set[str]:
-    return {str(p.relative_to(REPO)) for p in (REPO / top).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    return {
+        str(p.relative_to(REPO))
+        for p in (REPO / top).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
 
 
 def test_every_package_module_and_job_is_uploaded(upload):

@@ -3,9 +3,20 @@ import pytest
 from ptr_ray.data import benchmarks as b
 
 
-@pytest.mark.parametrize("task,size", [("gsm8k", 1319), ("arc_challenge", 299), ("mmlu", 14042),
-                                       ("commonsense_qa", 1221), ("winogrande", 1267), ("gpqa", 198),
-                                       ("math500", 500), ("humaneval", 164), ("arc_easy", 570)])
+@pytest.mark.parametrize(
+    "task,size",
+    [
+        ("gsm8k", 1319),
+        ("arc_challenge", 299),
+        ("mmlu", 14042),
+        ("commonsense_qa", 1221),
+        ("winogrande", 1267),
+        ("gpqa", 198),
+        ("math500", 500),
+        ("humaneval", 164),
+        ("arc_easy", 570),
+    ],
+)
 def test_packaged_tasks_load_fully(task, size):
     items = b.load_task(task)
     assert len(items) == size

@@ -11,8 +11,10 @@ from ptr_ray.data.mix import is_sft
 
 
 def test_clean_text_strips_urls_images_controls():
-    raw = ("Look at ![cat](http://x.com/cat.png) and <img src='a.png'/> here:\x00 "
-           "https://example.com/a?b=1   now\u200b.\r\n\r\n\r\n\r\nSee [docs](https://d.io) too.\tok")
+    raw = (
+        "Look at ![cat](http://x.com/cat.png) and <img src='a.png'/> here:\x00 "
+        "https://example.com/a?b=1   now\u200b.\r\n\r\n\r\n\r\nSee [docs](https://d.io) too.\tok"
+    )
     out = clean_text(raw)
     assert "http" not in out and "img" not in out and "cat.png" not in out
     assert "\x00" not in out and "\u200b" not in out
@@ -20,7 +22,10 @@ def test_clean_text_strips_urls_images_controls():
 
 
 def test_clean_keeps_code_newlines_and_indentation():
-    assert clean_text("Fix this:\n\ndef f(x):   \n    return  x\n") == "Fix this:\n\ndef f(x):\n    return x"
+    assert (
+        clean_text("Fix this:\n\ndef f(x):   \n    return  x\n")
+        == "Fix this:\n\ndef f(x):\n    return x"
+    )
     assert clean_text("  a\n \n\n\n b") == "a\n\n b"
 
 
@@ -47,12 +52,19 @@ def test_exact_dedupe_normalizes_case_and_space():
 
 def test_near_dedupe_catches_small_edits_only():
     d = NearDeduper(threshold=0.7, num_perm=128, shingle_size=3)
-    base = ("Write a short poem about the ocean at night, with waves and stars and a lonely "
-            "lighthouse keeper who waits for ships to come home")
+    base = (
+        "Write a short poem about the ocean at night, with waves and stars and a lonely "
+        "lighthouse keeper who waits for ships to come home"
+    )
     assert d.check_and_add(base) is None
     assert d.check_and_add(base.replace("short", "brief")) is not None
-    assert d.check_and_add("Explain how a transformer language model uses attention to "
-                           "weigh the tokens of its context window") is None
+    assert (
+        d.check_and_add(
+            "Explain how a transformer language model uses attention to "
+            "weigh the tokens of its context window"
+        )
+        is None
+    )
 
 
 def test_decontaminator_long_and_short_references():
@@ -63,8 +75,10 @@ def test_decontaminator_long_and_short_references():
         "Too short.",  # below min_words: ignored
     ]
     d = NgramDecontaminator(refs, n=13, min_words=8)
-    assert d.contaminated("Hey! natalia sold clips to 48 of her friends in april, and then she "
-                          "sold half as many clips in may. Please solve.")
+    assert d.contaminated(
+        "Hey! natalia sold clips to 48 of her friends in april, and then she "
+        "sold half as many clips in may. Please solve."
+    )
     assert d.contaminated("Quick quiz: which gas do plants absorb from the air? Thanks")
     assert not d.contaminated("Natalia sold clips to 48 of her friends in April.")  # 10 words
     assert d.contaminated("Too short.")  # below min_words, but the very question: exact match
@@ -79,8 +93,10 @@ def test_decontaminator_with_packaged_eval_sets():
     d = NgramDecontaminator(decontamination_texts(["gsm8k"]))
     q = load_task("gsm8k", limit=1)[0].question
     assert d.contaminated("Please help with my homework: " + q)
-    assert not d.contaminated("Write a haiku about autumn leaves falling on a quiet pond in Kyoto "
-                              "while a monk sweeps the path")
+    assert not d.contaminated(
+        "Write a haiku about autumn leaves falling on a quiet pond in Kyoto "
+        "while a monk sweeps the path"
+    )
 
 
 def test_sft_split_is_deterministic_and_near_fraction():

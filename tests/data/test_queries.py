@@ -18,21 +18,32 @@ def _write_lines(path, lines: list[bytes]) -> None:
 
 def test_jsonl_rows_and_every_rejection_reason(tmp_path):
     p = tmp_path / "q.jsonl"
-    _write_lines(p, [
-        json.dumps({"prompt": {"text": "What is 2+2?"}, "ref": "4"}).encode(),
-        b'{"prompt": {"text": "broken"',
-        "{\"prompt\": {\"text\": \"caf\xe9\"}}".encode("latin-1"),  # not UTF-8
-        json.dumps({"other": 1}).encode(),
-        json.dumps({"prompt": {"text": 5}}).encode(),
-        json.dumps({"prompt": {"text": "   "}}).encode(),
-        json.dumps([1, 2]).encode(),
-        b"",
-        json.dumps({"prompt": {"text": "Second question?"}}).encode(),
-    ])
+    _write_lines(
+        p,
+        [
+            json.dumps({"prompt": {"text": "What is 2+2?"}, "ref": "4"}).encode(),
+            b'{"prompt": {"text": "broken"',
+            '{"prompt": {"text": "caf\xe9"}}'.encode("latin-1"),  # not UTF-8
+            json.dumps({"other": 1}).encode(),
+            json.dumps({"prompt": {"text": 5}}).encode(),
+            json.dumps({"prompt": {"text": "   "}}).encode(),
+            json.dumps([1, 2]).encode(),
+            b"",
+            json.dumps({"prompt": {"text": "Second question?"}}).encode(),
+        ],
+    )
     rows = list(Q.read_jsonl(p, "prompt.text", answer_field="ref"))
     reasons = [r.reason for r in rows]
-    assert reasons == [None, "malformed_json", "not_utf8", "missing_field", "not_a_string",
-                       "empty_query", "not_an_object", None]
+    assert reasons == [
+        None,
+        "malformed_json",
+        "not_utf8",
+        "missing_field",
+        "not_a_string",
+        "empty_query",
+        "not_an_object",
+        None,
+    ]
     assert rows[0].query == "What is 2+2?" and rows[0].answer == "4"
     assert rows[-1].answer is None
     assert rows[1].where == "q.jsonl:2" and rows[1].raw.startswith('{"prompt"')
@@ -81,17 +92,31 @@ def test_json_array_stream_handles_truncation(tmp_path):
 def test_sharegpt_first_turn_queries(tmp_path):
     p = tmp_path / "sg.json"
     recs = [
-        {"id": "abc_0", "conversations": [{"from": "human", "value": "First question?"},
-                                          {"from": "gpt", "value": "answer"}]},
+        {
+            "id": "abc_0",
+            "conversations": [
+                {"from": "human", "value": "First question?"},
+                {"from": "gpt", "value": "answer"},
+            ],
+        },
         {"id": "abc_1", "conversations": [{"from": "human", "value": "continuation"}]},
-        {"id": "def_0", "conversations": [{"from": "system", "value": "sys"},
-                                          {"from": "human", "value": "Second?"}]},
+        {
+            "id": "def_0",
+            "conversations": [
+                {"from": "system", "value": "sys"},
+                {"from": "human", "value": "Second?"},
+            ],
+        },
         {"id": "ghi", "conversations": [{"from": "gpt", "value": "no human"}]},
     ]
     p.write_text(json.dumps(recs)[:-40])  # cut inside the last record
     rows = list(Q.read_sharegpt(p))
     assert [(r.query, r.reason) for r in rows] == [
-        ("First question?", None), (None, "not_first_turn"), ("Second?", None), (None, "truncated_record")]
+        ("First question?", None),
+        (None, "not_first_turn"),
+        ("Second?", None),
+        (None, "truncated_record"),
+    ]
 
 
 def test_packaged_sharegpt_reads_lazily():
@@ -99,7 +124,11 @@ def test_packaged_sharegpt_reads_lazily():
     assert len(rows) == 50
     ok = [r for r in rows if r.ok]
     assert ok and all(r.query.strip() for r in ok)
-    assert {r.reason for r in rows if not r.ok} <= {"not_first_turn", "missing_field", "empty_query"}
+    assert {r.reason for r in rows if not r.ok} <= {
+        "not_first_turn",
+        "missing_field",
+        "empty_query",
+    }
 
 
 def test_source_limit_and_path_required(tmp_path):

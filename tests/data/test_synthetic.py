@@ -38,8 +38,11 @@ def test_examples_of_every_kind_are_exact():
     add2 = next(p for p in problems if p.kind == "add2")
     assert re.fullmatch(r"What is \d\d \+ \d\d\?", add2.question)
     word2 = next(p for p in problems if p.kind == "word2")
-    assert re.fullmatch(r"\w+ has \d+ [\w ]+\. (He|She) buys \d+ more and then gives away \d+\. "
-                        r"How many [\w ]+ does \w+ have now\?", word2.question)
+    assert re.fullmatch(
+        r"\w+ has \d+ [\w ]+\. (He|She) buys \d+ more and then gives away \d+\. "
+        r"How many [\w ]+ does \w+ have now\?",
+        word2.question,
+    )
     assert re.fullmatch(r"\d+ \+ \d+ = \d+\. \d+ - \d+ = \d+\. The answer is \d+\.", word2.solution)
 
 
@@ -63,7 +66,7 @@ def test_train_and_eval_are_disjoint_by_construction():
 
 
 def test_canonical_form_ignores_operand_order_and_wording():
-    """"What is 63 + 59?" and "Tom has 59 apples. He buys 63 more." are one problem: one split."""
+    """ "What is 63 + 59?" and "Tom has 59 apples. He buys 63 more." are one problem: one split."""
     seen: dict[str, S.Split] = {}
     for p in S.generate("train", 2000, 3) + S.eval_problems():
         assert seen.setdefault(p.canonical, p.split) == p.split
@@ -88,8 +91,9 @@ def test_arith_is_a_packaged_math_task():
     assert task.kind == "math" and task.source == "synthetic"
     assert "synthetic" in task.display_name
     assert len(task.items) == 20
-    assert [i.id for i in task.items] == [i.id for i in load_tasks(
-        EvalConfig(tasks=["arith"], limit=20, seed=3))[0].items]
+    assert [i.id for i in task.items] == [
+        i.id for i in load_tasks(EvalConfig(tasks=["arith"], limit=20, seed=3))[0].items
+    ]
     item = task.items[0]
     assert task.prompt(item) == f"{item.question}\n\n{MATH_INSTRUCTION}"
     # the existing numeric math path scores it: the worked solution is right, a wrong number not
@@ -104,8 +108,9 @@ def test_synthetic_query_source_gives_training_problems_with_references():
     assert len(rows) == 40 and all(r.ok and r.source == "synthetic" for r in rows)
     assert [r.query for r in rows] == [p.question for p in S.generate("train", 40, 5)]
     assert all(r.answer and r.answer.endswith(f"The answer is {r.extra['gold']}.") for r in rows)
-    own_seed = list(read_source(QuerySourceConfig(kind="synthetic", limit=40, seed=6, name="ar"),
-                                seed=5))
+    own_seed = list(
+        read_source(QuerySourceConfig(kind="synthetic", limit=40, seed=6, name="ar"), seed=5)
+    )
     assert [r.query for r in own_seed] == [p.question for p in S.generate("train", 40, 6)]
     assert own_seed[0].source == "ar"
     assert cfg.has_references

@@ -15,11 +15,17 @@ def test_packaged_examples_load():
 
 def test_strong_messages_shape():
     exs = icl.load_examples()
-    msgs = icl.strong_messages("Why is the sky blue?", ["Because of the sea.", "Scattering?"], exs, 2)
+    msgs = icl.strong_messages(
+        "Why is the sky blue?", ["Because of the sea.", "Scattering?"], exs, 2
+    )
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert msgs[2]["content"] == exs[0].answer
     last = msgs[-1]["content"]
-    assert "Why is the sky blue?" in last and "[Draft 1]\nBecause of the sea." in last and "[Draft 2]" in last
+    assert (
+        "Why is the sky blue?" in last
+        and "[Draft 1]\nBecause of the sea." in last
+        and "[Draft 2]" in last
+    )
     assert len(icl.strong_messages("q", ["t"], exs, 0)) == 2
 
 

@@ -57,7 +57,9 @@ def test_reject_log_counts_all_and_writes_new_only(tmp_path):
     again.add("read", "malformed_json", source="f", where="f:3", raw="{")
     again.add("read", "malformed_json", source="f", where="f:4", raw="{")
     again.close()
-    assert again.counts == {"malformed_json": 2} and again.by_stage == {"read": {"malformed_json": 2}}
+    assert again.counts == {"malformed_json": 2} and again.by_stage == {
+        "read": {"malformed_json": 2}
+    }
     lines = (tmp_path / output.REJECTS_FILE).read_text().splitlines()
     assert len(lines) == 4  # the repeat of f:3 was counted but not logged twice
     assert json.loads(lines[-1])["run"] == "r2"

@@ -14,9 +14,14 @@ def hf_engine(tiny_model_dir):
 
 
 def test_hf_engine_n_samples_lengths_and_reasons(hf_engine):
-    gens = hf_engine.generate([CONV, CONV + [{"role": "assistant", "content": "Paris"},
-                                             {"role": "user", "content": "Sure?"}]],
-                              SamplingConfig(n=3, temperature=1.0, top_k=20, max_tokens=7, seed=1))
+    gens = hf_engine.generate(
+        [
+            CONV,
+            CONV
+            + [{"role": "assistant", "content": "Paris"}, {"role": "user", "content": "Sure?"}],
+        ],
+        SamplingConfig(n=3, temperature=1.0, top_k=20, max_tokens=7, seed=1),
+    )
     assert len(gens) == 2 and all(len(g.completions) == 3 for g in gens)
     assert gens[1].prompt_tokens > gens[0].prompt_tokens
     for c in gens[0].completions:

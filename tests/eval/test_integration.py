@@ -13,18 +13,32 @@ def test_vllm_two_rounds_two_tasks_via_cli(tmp_path, tiny_model_dir, capsys):
     from ptr_ray.cli import main
 
     out = tmp_path / "eval"
-    rc = main(["eval", f"methods=[{{name: tiny, model: {tiny_model_dir}}}]",
-               "tasks=[gsm8k, arc_challenge]", "limit=3", "rounds=2", "sampling.max_tokens=24",
-               "engine.backend=vllm", "engine.max_model_len=1024", "engine.dtype=float32",
-               f"output_dir={out}"])
+    rc = main(
+        [
+            "eval",
+            f"methods=[{{name: tiny, model: {tiny_model_dir}}}]",
+            "tasks=[gsm8k, arc_challenge]",
+            "limit=3",
+            "rounds=2",
+            "sampling.max_tokens=24",
+            "engine.backend=vllm",
+            "engine.max_model_len=1024",
+            "engine.dtype=float32",
+            f"output_dir={out}",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| tiny | gsm8k | exact | 3 |" in printed and "| tiny | arc_challenge | accuracy | 3 |" in printed
+    assert (
+        "| tiny | gsm8k | exact | 3 |" in printed
+        and "| tiny | arc_challenge | accuracy | 3 |" in printed
+    )
 
     data = json.loads((out / "results.json").read_text())
     summary = data["summary"]
     assert {(s["task"], s["round"]) for s in summary} == {
-        (t, k) for t in ("gsm8k", "arc_challenge") for k in (1, 2)}
+        (t, k) for t in ("gsm8k", "arc_challenge") for k in (1, 2)
+    }
     for res in data["results"]:
         for item in res["items"]:
             r1, r2 = item["rounds"]
@@ -44,11 +58,18 @@ def test_evaluation_inside_a_ray_task(tmp_path, tiny_model_dir, ray_local):
     from ptr_ray.config import EvalConfig
     from ptr_ray.eval.runner import run_eval
 
-    cfg = EvalConfig.model_validate({
-        "methods": [{"name": "tiny", "model": str(tiny_model_dir)}], "tasks": ["arc_challenge"],
-        "limit": 2, "rounds": 2, "engine": {"backend": "hf", "max_model_len": 1024},
-        "sampling": {"max_tokens": 8}, "output_dir": str(tmp_path / "o"),
-        "ray": {"address": "auto"}})
+    cfg = EvalConfig.model_validate(
+        {
+            "methods": [{"name": "tiny", "model": str(tiny_model_dir)}],
+            "tasks": ["arc_challenge"],
+            "limit": 2,
+            "rounds": 2,
+            "engine": {"backend": "hf", "max_model_len": 1024},
+            "sampling": {"max_tokens": 8},
+            "output_dir": str(tmp_path / "o"),
+            "ray": {"address": "auto"},
+        }
+    )
     report = run_eval(cfg)
     assert len(report.accuracy("tiny", "arc_challenge")) == 2
     r1, r2 = report.results[0].items[0].rounds

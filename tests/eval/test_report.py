@@ -17,28 +17,61 @@ from ptr_ray.eval.report import (
 )
 
 
-def _result(method: str, task: str, correct_by_round: list[list[int]], kind="multiple_choice",
-            metrics=("accuracy",)) -> TaskResult:
+def _result(
+    method: str,
+    task: str,
+    correct_by_round: list[list[int]],
+    kind="multiple_choice",
+    metrics=("accuracy",),
+) -> TaskResult:
     n = len(correct_by_round[0])
     items = []
     for i in range(n):
-        rounds = [ItemRound(k + 1, f"answer {i} r{k + 1}", "B", {metrics[0]: float(c[i])},
-                            tokens=10 + k, finish_reason="length" if i == 0 else "stop",
-                            prompt_tokens=100, cached_tokens=50 * k)
-                  for k, c in enumerate(correct_by_round)]
+        rounds = [
+            ItemRound(
+                k + 1,
+                f"answer {i} r{k + 1}",
+                "B",
+                {metrics[0]: float(c[i])},
+                tokens=10 + k,
+                finish_reason="length" if i == 0 else "stop",
+                prompt_tokens=100,
+                cached_tokens=50 * k,
+            )
+            for k, c in enumerate(correct_by_round)
+        ]
         items.append(ItemResult(f"{task}-{i}", "B", "q", rounds))
-    return TaskResult(method, f"builtin:{method}", task, kind, list(metrics),
-                      len(correct_by_round), items, "fp", [1.0] * len(correct_by_round), 3.0)
+    return TaskResult(
+        method,
+        f"builtin:{method}",
+        task,
+        kind,
+        list(metrics),
+        len(correct_by_round),
+        items,
+        "fp",
+        [1.0] * len(correct_by_round),
+        3.0,
+    )
 
 
 @pytest.fixture
 def report() -> EvalReport:
-    return EvalReport([
-        _result("base", "arc_challenge", [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]),
-        _result("ptr", "arc_challenge", [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]),
-        _result("base", "gsm8k", [[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1]], kind="math",
-                metrics=("exact", "flexible")),
-    ], rounds=3, wall_s=12.0)
+    return EvalReport(
+        [
+            _result("base", "arc_challenge", [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]),
+            _result("ptr", "arc_challenge", [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]),
+            _result(
+                "base",
+                "gsm8k",
+                [[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1]],
+                kind="math",
+                metrics=("exact", "flexible"),
+            ),
+        ],
+        rounds=3,
+        wall_s=12.0,
+    )
 
 
 def test_summary_counts(report):
@@ -55,8 +88,10 @@ def test_markdown_table(report):
     md = markdown_table(report)
     lines = md.splitlines()
     assert lines[0] == "| method | task | metric | n | round 1 | round 2 | round 3 | Δ r3−r1 |"
-    assert "| ptr | arc_challenge | accuracy | 4 | 0.000 [0.00, 0.49] | 0.250 [0.05, 0.70] " \
-           "| 1.000 [0.51, 1.00] | +1.000 |" in md
+    assert (
+        "| ptr | arc_challenge | accuracy | 4 | 0.000 [0.00, 0.49] | 0.250 [0.05, 0.70] "
+        "| 1.000 [0.51, 1.00] | +1.000 |" in md
+    )
     assert len(lines) == 2 + 4  # header, rule, arc x2, gsm8k exact + flexible
 
 

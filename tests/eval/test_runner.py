@@ -39,8 +39,13 @@ class ScriptedEngine:
                 text = "A plant is alive." if rnd == 1 else f"The answer is ({gold})."
             else:
                 text = "I do not know." if rnd == 1 else f"So it is {gold}.\nThe answer is {gold}."
-            out.append(Generation([Completion(text, 7, "stop")], prompt_tokens=20 * rnd,
-                                  cached_tokens=10 * (rnd - 1)))
+            out.append(
+                Generation(
+                    [Completion(text, 7, "stop")],
+                    prompt_tokens=20 * rnd,
+                    cached_tokens=10 * (rnd - 1),
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -48,9 +53,13 @@ class ScriptedEngine:
 
 
 def _cfg(tmp_path, **kw) -> EvalConfig:
-    data = {"methods": [m.model_dump() for m in standard_methods("builtin:smollm2-135m")],
-            "tasks": ["gsm8k", "arc_challenge"], "limit": 3, "rounds": 3,
-            "output_dir": str(tmp_path / "out")}
+    data = {
+        "methods": [m.model_dump() for m in standard_methods("builtin:smollm2-135m")],
+        "tasks": ["gsm8k", "arc_challenge"],
+        "limit": 3,
+        "rounds": 3,
+        "output_dir": str(tmp_path / "out"),
+    }
     data.update(kw)
     return EvalConfig.model_validate(data)
 
@@ -64,9 +73,13 @@ def _factory(cfg: EvalConfig):
 
 def test_rounds_go_through_refine_loop_and_are_scored(tmp_path):
     ScriptedEngine.instances.clear()
-    cfg = _cfg(tmp_path, methods=[{"name": "base", "model": "builtin:smollm2-135m"},
-                                  {"name": "ptr", "model": "builtin:qwen2.5-coder-0.5b",
-                                   "engine": {"max_num_seqs": 4}}])
+    cfg = _cfg(
+        tmp_path,
+        methods=[
+            {"name": "base", "model": "builtin:smollm2-135m"},
+            {"name": "ptr", "model": "builtin:qwen2.5-coder-0.5b", "engine": {"max_num_seqs": 4}},
+        ],
+    )
     report = evaluate(cfg, _factory(cfg))
     assert [r.method for r in report.results] == ["base", "base", "ptr", "ptr"]
     for task in ("gsm8k", "arc_challenge"):
@@ -119,8 +132,13 @@ def test_resume_skips_finished_and_recomputes_changed(tmp_path):
     assert again.summary() == first.summary()
     assert (first.reused, again.reused) == (0, 2)
     # a different refine instruction changes the fingerprint: recomputed
-    cfg2 = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(
-        update={"refine_instruction": "Check your work and answer again."})})
+    cfg2 = cfg.model_copy(
+        update={
+            "prompt": cfg.prompt.model_copy(
+                update={"refine_instruction": "Check your work and answer again."}
+            )
+        }
+    )
     evaluate(cfg2, _factory(cfg2))
     files = sorted(p.name for p in (tmp_path / "out" / "results" / "base").iterdir())
     assert files == ["arc_challenge.json", "gsm8k.json"]
@@ -134,20 +152,37 @@ def test_resume_skips_finished_and_recomputes_changed(tmp_path):
 
 def test_custom_jsonl_task_counts_malformed_rows(tmp_path, caplog):
     path = tmp_path / "mine.jsonl"
-    rows = [{"q": "Pick the colour of the sky.", "opts": ["red", "blue"], "gold": "blue"},
-            {"q": "Pick one.", "opts": ["x", "y"], "gold": 0},
-            {"q": "", "opts": ["x", "y"], "gold": "A"},
-            {"q": "No options", "gold": "A"}]
+    rows = [
+        {"q": "Pick the colour of the sky.", "opts": ["red", "blue"], "gold": "blue"},
+        {"q": "Pick one.", "opts": ["x", "y"], "gold": 0},
+        {"q": "", "opts": ["x", "y"], "gold": "A"},
+        {"q": "No options", "gold": "A"},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    cfg = _cfg(tmp_path, tasks=[], rounds=2, custom_tasks=[{
-        "name": "mine", "path": str(path), "question_field": "q", "answer_field": "gold",
-        "choices_field": "opts", "metric": "multiple_choice"}])
+    cfg = _cfg(
+        tmp_path,
+        tasks=[],
+        rounds=2,
+        custom_tasks=[
+            {
+                "name": "mine",
+                "path": str(path),
+                "question_field": "q",
+                "answer_field": "gold",
+                "choices_field": "opts",
+                "metric": "multiple_choice",
+            }
+        ],
+    )
     from ptr_ray.eval.tasks import load_tasks
 
     (task,) = load_tasks(cfg)
     assert [i.answer for i in task.items] == ["B", "A"]
-    assert task.skipped == {"missing or empty 'q'": 1, "'opts' is not a list of 2-10 options": 1,
-                            "invalid JSON": 1}
+    assert task.skipped == {
+        "missing or empty 'q'": 1,
+        "'opts' is not a list of 2-10 options": 1,
+        "invalid JSON": 1,
+    }
     report = evaluate(cfg, _factory(cfg))
     assert report.accuracy("base", "mine") == [0.0, 1.0]
     assert report.results[0].skipped_rows["invalid JSON"] == 1
@@ -169,23 +204,57 @@ def _never(_):
     raise AssertionError("no engine may start when the config is bad")
 
 
-@pytest.mark.parametrize("kw,exc,msg", [
-    ({"tasks": ["gsm8k", "gsm9k"]}, TaskError, r"unknown eval task 'gsm9k'; known: .*arc_challenge"),
-    ({"methods": [{"name": "x", "model": "builtin:nope"}]}, ModelCheckError,
-     r"model source 'builtin:nope' does not resolve: unknown builtin model 'nope'"),
-    ({"methods": [{"name": "x", "model": "/no/such/folder"}]}, ModelCheckError,
-     r"'/no/such/folder' does not resolve: model folder /no/such/folder does not exist"),
-    ({"methods": [{"name": "x", "model": "not a model id"}]}, ModelCheckError,
-     r"not a builtin:NAME, an existing folder, nor a valid hub id"),
-    ({"methods": [{"name": "x", "model": "builtin:smollm2-135m"},
-                  {"name": "x", "model": "builtin:smollm2-135m"}]}, ConfigError, r"unique"),
-    ({"methods": [{"name": "x", "model": "builtin:smollm2-135m", "engine": {"max_modl_len": 3}}]},
-     ConfigError, r"method 'x': engine.max_modl_len"),
-    ({"tasks": [], "custom_tasks": [{"name": "m", "path": "/no/file.jsonl"}]}, TaskError,
-     r"custom task 'm': file /no/file.jsonl not found"),
-    ({"tasks": [], "custom_tasks": [{"name": "gsm8k", "path": "x"}]}, TaskError, r"clashes"),
-    ({"tasks": []}, TaskError, r"no tasks"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,msg",
+    [
+        (
+            {"tasks": ["gsm8k", "gsm9k"]},
+            TaskError,
+            r"unknown eval task 'gsm9k'; known: .*arc_challenge",
+        ),
+        (
+            {"methods": [{"name": "x", "model": "builtin:nope"}]},
+            ModelCheckError,
+            r"model source 'builtin:nope' does not resolve: unknown builtin model 'nope'",
+        ),
+        (
+            {"methods": [{"name": "x", "model": "/no/such/folder"}]},
+            ModelCheckError,
+            r"'/no/such/folder' does not resolve: model folder /no/such/folder does not exist",
+        ),
+        (
+            {"methods": [{"name": "x", "model": "not a model id"}]},
+            ModelCheckError,
+            r"not a builtin:NAME, an existing folder, nor a valid hub id",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "x", "model": "builtin:smollm2-135m"},
+                    {"name": "x", "model": "builtin:smollm2-135m"},
+                ]
+            },
+            ConfigError,
+            r"unique",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "x", "model": "builtin:smollm2-135m", "engine": {"max_modl_len": 3}}
+                ]
+            },
+            ConfigError,
+            r"method 'x': engine.max_modl_len",
+        ),
+        (
+            {"tasks": [], "custom_tasks": [{"name": "m", "path": "/no/file.jsonl"}]},
+            TaskError,
+            r"custom task 'm': file /no/file.jsonl not found",
+        ),
+        ({"tasks": [], "custom_tasks": [{"name": "gsm8k", "path": "x"}]}, TaskError, r"clashes"),
+        ({"tasks": []}, TaskError, r"no tasks"),
+    ],
+)
 def test_bad_input_fails_before_any_work(tmp_path, kw, exc, msg):
     cfg = _cfg(tmp_path, **kw)
     with pytest.raises(exc) as e:
@@ -208,13 +277,16 @@ def test_folder_without_config_json(tmp_path):
         evaluate(cfg, _never)
 
 
-@pytest.mark.parametrize("override,msg", [
-    ("rounds=0", "config key 'rounds': Input should be greater than or equal to 1"),
-    ("rounds=11", "config key 'rounds': Input should be less than or equal to 10"),
-    ("limit=0", "config key 'limit'"),
-    ("methods=[]", "config key 'methods'"),
-    ("methods=[{name: bad/name, model: x}]", "config key 'methods.0.name'"),
-])
+@pytest.mark.parametrize(
+    "override,msg",
+    [
+        ("rounds=0", "config key 'rounds': Input should be greater than or equal to 1"),
+        ("rounds=11", "config key 'rounds': Input should be less than or equal to 10"),
+        ("limit=0", "config key 'limit'"),
+        ("methods=[]", "config key 'methods'"),
+        ("methods=[{name: bad/name, model: x}]", "config key 'methods.0.name'"),
+    ],
+)
 def test_config_validation(override, msg):
     with pytest.raises(ConfigError) as e:
         load_config(EvalConfig, None, [override])
@@ -236,7 +308,8 @@ def test_job_entry_point_reports_bad_config(tmp_path, capsys):
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "evaluate_job", Path(__file__).parents[2] / "jobs" / "evaluate.py")
+        "evaluate_job", Path(__file__).parents[2] / "jobs" / "evaluate.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--config", "jobs/configs/eval_local.yaml", "tasks=[nope]"]) == 2
@@ -249,14 +322,26 @@ def test_job_entry_point_reports_bad_config(tmp_path, capsys):
 @pytest.mark.slow
 def test_hf_engine_end_to_end(tmp_path, tiny_model_dir):
     """Tiny random model through the transformers engine: files written, scores in range."""
-    cfg = _cfg(tmp_path, methods=[{"name": "tiny", "model": str(tiny_model_dir)}],
-               tasks=["gsm8k", "arc_challenge"], limit=2, rounds=2,
-               engine={"backend": "hf", "max_model_len": 1024}, sampling={"max_tokens": 8})
+    cfg = _cfg(
+        tmp_path,
+        methods=[{"name": "tiny", "model": str(tiny_model_dir)}],
+        tasks=["gsm8k", "arc_challenge"],
+        limit=2,
+        rounds=2,
+        engine={"backend": "hf", "max_model_len": 1024},
+        sampling={"max_tokens": 8},
+    )
     report = run_eval(cfg)
     assert isinstance(report.results[0].items[0].rounds[1].answer, str)
     out = tmp_path / "out"
-    for name in ("results.json", "summary.csv", "items.csv", "report.md",
-                 "accuracy_by_round.png", "config.yaml"):
+    for name in (
+        "results.json",
+        "summary.csv",
+        "items.csv",
+        "report.md",
+        "accuracy_by_round.png",
+        "config.yaml",
+    ):
         assert (out / name).is_file(), name
     rows = report.summary()
     assert all(r.n == 2 and 0.0 <= r.accuracy <= 1.0 for r in rows)

@@ -82,8 +82,11 @@ def _rank_zero_pid(storage_path: Path) -> int | None:
     actor = get_state_actor()
     if actor is None:
         return None
-    runs = [r for r in ray.get(actor.get_train_runs.remote()).values()
-            if Path(r.run_settings.run_config.storage_path).resolve() == storage_path.resolve()]
+    runs = [
+        r
+        for r in ray.get(actor.get_train_runs.remote()).values()
+        if Path(r.run_settings.run_config.storage_path).resolve() == storage_path.resolve()
+    ]
     if not runs:
         return None
     newest = max(runs, key=lambda r: r.start_time_ns)

@@ -77,7 +77,9 @@ def test_sft_rows_skipped_when_excluded(tiny_tokenizer):
 def test_truncation_drops_oldest_thought_never_answer(tiny_tokenizer):
     rec = _rec("Q?", ["first thought " * 20, "second thought " * 5], "final answer")
     full, _ = Encoder(tiny_tokenizer, 100000).encode(rec, 0)
-    no_first, _ = Encoder(tiny_tokenizer, 100000).encode(_rec("Q?", [rec.thoughts[1]], "final answer"), 0)
+    no_first, _ = Encoder(tiny_tokenizer, 100000).encode(
+        _rec("Q?", [rec.thoughts[1]], "final answer"), 0
+    )
     enc = Encoder(tiny_tokenizer, len(no_first))
     ep, st = enc.encode(rec, 0)
     assert len(full) > len(no_first)
@@ -99,8 +101,12 @@ def test_thought_dropout_keeps_one_and_is_seeded(tiny_tokenizer):
     rec = _rec("Q?", [f"thought {i}" for i in range(6)], "A.")
     enc = Encoder(tiny_tokenizer, 4096, thought_dropout=0.5, seed=3)
     a = [enc.encode(rec, 7, epoch)[0].input_ids for epoch in range(4)]
-    b = [Encoder(tiny_tokenizer, 4096, thought_dropout=0.5, seed=3).encode(rec, 7, epoch)[0].input_ids
-         for epoch in range(4)]
+    b = [
+        Encoder(tiny_tokenizer, 4096, thought_dropout=0.5, seed=3)
+        .encode(rec, 7, epoch)[0]
+        .input_ids
+        for epoch in range(4)
+    ]
     assert a == b  # deterministic per (seed, epoch, record): resume sees the same data
     assert len({len(x) for x in a}) > 1  # but varies across epochs
     total = sum(enc.encode(rec, i, 0)[1].dropped_thoughts for i in range(50))
@@ -148,7 +154,9 @@ def test_packed_logits_equal_unpacked(tiny_model_dir, tiny_tokenizer, records, i
     eps, _ = Encoder(tiny_tokenizer, 4096).encode_many(records, [0, 5, 20])
     b = collate(eps, [[0, 1, 2], [1]], tiny_tokenizer.pad_token_id)
     with torch.no_grad():
-        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        packed = model(
+            input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False
+        ).logits
         off = 0
         for ep in eps:
             solo = model(input_ids=torch.tensor([ep.input_ids]), use_cache=False).logits[0]

@@ -43,12 +43,17 @@ def test_only_adapters_train_and_init_is_identity(tiny_model_dir):
     model.train()
     model(input_ids=ids, position_ids=pos, use_cache=False).logits.sum().backward()
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in model.named_parameters() if "lora_B" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.named_parameters()
+        if "lora_B" in n
+    )
 
 
 def test_merged_model_equals_base_plus_delta(tiny_model_dir):
-    section = LoraConfig(enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    section = LoraConfig(
+        enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]
+    )
     model = wrap_lora(_base(tiny_model_dir), section).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -71,10 +76,15 @@ def test_merged_model_equals_base_plus_delta(tiny_model_dir):
     w0 = base.model.layers[0].self_attn.q_proj.weight
     a = sd["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]
     b = sd["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
-    torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight,
-                               w0 + (section.alpha / section.r) * b @ a, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(merged.model.layers[0].self_attn.k_proj.weight,
-                               base.model.layers[0].self_attn.k_proj.weight)  # not a target
+    torch.testing.assert_close(
+        merged.model.layers[0].self_attn.q_proj.weight,
+        w0 + (section.alpha / section.r) * b @ a,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        merged.model.layers[0].self_attn.k_proj.weight, base.model.layers[0].self_attn.k_proj.weight
+    )  # not a target
 
     # a checkpoint without adapters (a non-LoRA run) is refused, not silently exported
     plain = {f"base_model.model.{k}": v for k, v in base.state_dict().items()}
@@ -88,4 +98,6 @@ def test_bad_lora_config(tiny_model_dir):
     with pytest.raises(ValueError):
         TrainConfig(dataset="d", output_dir="o", lora={"enabled": True, "rank": 8})  # typo
     with pytest.raises(ValueError, match=r"\['qproj'\] not found"):
-        check_targets(_base(tiny_model_dir), LoraConfig(enabled=True, target_modules=["qproj", "v_proj"]))
+        check_targets(
+            _base(tiny_model_dir), LoraConfig(enabled=True, target_modules=["qproj", "v_proj"])
+        )

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "ptr_small"
 
 
-def test_lora_trains_resumes_and_exports_a_merged_plain_model(ray_local, tiny_model_dir, tmp_path,
-                                                              kill_rank_zero):
+def test_lora_trains_resumes_and_exports_a_merged_plain_model(
+    ray_local, tiny_model_dir, tmp_path, kill_rank_zero
+):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -30,14 +31,32 @@ def test_lora_trains_resumes_and_exports_a_merged_plain_model(ray_local, tiny_mo
     from ptr_ray.train.trainer import run_train
 
     out = tmp_path / "run"
-    cfg = load_config(TrainConfig, ROOT / "jobs" / "configs" / "train_local.yaml", [
-        f"model={tiny_model_dir}", f"dataset={FIXTURE}", f"output_dir={out}", "max_length=512",
-        "max_steps=4", "checkpoint_every=2", "keep_checkpoints=5", "progress=false",
-        "scaling.num_workers=1", "deepspeed.zero_stage=2", "optim.lr=1e-2", "optim.warmup_steps=0",
-        "optim.schedule=constant", "loss.schedule=constant", "thought_dropout=0",
-        "lora.enabled=true", "lora.r=4", "lora.alpha=8", "lora.dropout=0",
-        "max_failures=1",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "jobs" / "configs" / "train_local.yaml",
+        [
+            f"model={tiny_model_dir}",
+            f"dataset={FIXTURE}",
+            f"output_dir={out}",
+            "max_length=512",
+            "max_steps=4",
+            "checkpoint_every=2",
+            "keep_checkpoints=5",
+            "progress=false",
+            "scaling.num_workers=1",
+            "deepspeed.zero_stage=2",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=0",
+            "optim.schedule=constant",
+            "loss.schedule=constant",
+            "thought_dropout=0",
+            "lora.enabled=true",
+            "lora.r=4",
+            "lora.alpha=8",
+            "lora.dropout=0",
+            "max_failures=1",
+        ],
+    )
     killer = kill_rank_zero(out)
     model_dir = run_train(cfg)
     killer.stop()

@@ -51,7 +51,9 @@ def test_consistency_of_parallel_means_is_zero_and_single_turn_episodes_are_excl
     logits, hidden, ids, labels, turns = _toy()
     hidden = hidden.clone()
     hidden[0, 3:] = torch.tensor([[2.0, 0.0], [4.0, 0.0]])  # same direction as turn 1
-    assert ptr_loss(logits, hidden, ids, labels, turns, (0, 1, 0)).total.item() == pytest.approx(0, abs=1e-6)
+    assert ptr_loss(logits, hidden, ids, labels, turns, (0, 1, 0)).total.item() == pytest.approx(
+        0, abs=1e-6
+    )
     # a second, single-turn episode in another row does not dilute the consistency mean
     logits2 = torch.zeros(2, 5, 4)
     logits2[0] = logits[0]
@@ -77,13 +79,22 @@ def test_confidence_over_the_final_answer_only():
     assert out.confidence.item() == pytest.approx(1 - p2, rel=1e-6)
     assert out.ce.item() == pytest.approx(every.ce.item(), rel=1e-7)
     assert out.consistency.item() == pytest.approx(every.consistency.item(), abs=1e-7)
-    assert out.total.item() == pytest.approx(0.5 * out.ce.item() + 0.3 * 1.0 + 0.2 * (1 - p2), rel=1e-6)
+    assert out.total.item() == pytest.approx(
+        0.5 * out.ce.item() + 0.3 * 1.0 + 0.2 * (1 - p2), rel=1e-6
+    )
     # two episodes (2 turns and 1 turn): each contributes its last turn's 1 − p̄, averaged
     logits2 = torch.zeros(2, 5, 4)
     logits2[0] = logits[0]
     turns2 = torch.tensor([[0, 1, 3, 0, 1, 2], [0, 3, 5, 0, 2, 2], [1, 3, 5, 1, 1, 1]])
-    out2 = ptr_loss(logits2, torch.cat([hidden, hidden]), torch.cat([ids, ids]),
-                    torch.cat([labels, labels]), turns2, (0, 0, 1), confidence="final")
+    out2 = ptr_loss(
+        logits2,
+        torch.cat([hidden, hidden]),
+        torch.cat([ids, ids]),
+        torch.cat([labels, labels]),
+        turns2,
+        (0, 0, 1),
+        confidence="final",
+    )
     assert out2.confidence.item() == pytest.approx(((1 - p2) + 0.75) / 2, rel=1e-6)
     with pytest.raises(ValueError, match="confidence must be"):
         ptr_loss(logits, hidden, ids, labels, turns, (0.5, 0.3, 0.2), confidence="last")
@@ -93,7 +104,9 @@ def test_confidence_final_gives_thought_tokens_no_gradient():
     """With the final answer's confidence only, thought tokens get no gradient from λ3's term."""
     logits, hidden, ids, labels, turns = _toy()
     logits = logits.clone().requires_grad_(True)
-    ptr_loss(logits, hidden, ids, labels, turns, (0, 0, 1), confidence="final").confidence.backward()
+    ptr_loss(
+        logits, hidden, ids, labels, turns, (0, 0, 1), confidence="final"
+    ).confidence.backward()
     assert (logits.grad[0, :2] == 0).all()  # positions 0-1 predict turn 1's tokens 1-2
     assert (logits.grad[0, 2:4].abs().sum(-1) > 0).all()  # positions 2-3 predict the answer
 
@@ -119,8 +132,12 @@ def model_and_batch(tiny_model_dir, tiny_tokenizer):
 
 
 def _forward(model, batch):
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                output_hidden_states=True, use_cache=False)
+    out = model(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        output_hidden_states=True,
+        use_cache=False,
+    )
     return out.logits, out.hidden_states[-1]
 
 
@@ -129,13 +146,22 @@ def test_tiny_model_terms_match_a_naive_per_episode_computation(model_and_batch,
     model, eps, batch = model_and_batch
     with torch.no_grad():
         logits, hidden = _forward(model, batch)
-        out = ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2),
-                       confidence=confidence)
+        out = ptr_loss(
+            logits,
+            hidden,
+            batch["input_ids"],
+            batch["labels"],
+            batch["turns"],
+            (0.6, 0.2, 0.2),
+            confidence=confidence,
+        )
     # naive: loop over episodes and turns, each from its own unpacked forward pass
     ce_sum, ce_n, cons, conf = 0.0, 0, [], []
     for ep in eps:
         with torch.no_grad():
-            o = model(input_ids=torch.tensor([ep.input_ids]), output_hidden_states=True, use_cache=False)
+            o = model(
+                input_ids=torch.tensor([ep.input_ids]), output_hidden_states=True, use_cache=False
+            )
         lp = torch.log_softmax(o.logits[0].double(), -1)
         h = o.hidden_states[-1][0].double()
         turn_lp, turn_h = [], []
@@ -150,15 +176,26 @@ def test_tiny_model_terms_match_a_naive_per_episode_computation(model_and_batch,
         if confidence == "final":
             conf.append(1 - math.exp(turn_lp[-1]))
         else:
-            conf.append(sum((t / (n * (n + 1) / 2)) * (1 - math.exp(turn_lp[t - 1])) for t in range(1, n + 1)))
+            conf.append(
+                sum(
+                    (t / (n * (n + 1) / 2)) * (1 - math.exp(turn_lp[t - 1]))
+                    for t in range(1, n + 1)
+                )
+            )
         if n > 1:
-            cons.append(sum(1 - F.cosine_similarity(turn_h[t], turn_h[t - 1], dim=0).item()
-                            for t in range(1, n)) / (n - 1))
+            cons.append(
+                sum(
+                    1 - F.cosine_similarity(turn_h[t], turn_h[t - 1], dim=0).item()
+                    for t in range(1, n)
+                )
+                / (n - 1)
+            )
     assert out.ce.item() == pytest.approx(ce_sum / ce_n, rel=1e-4)
     assert out.consistency.item() == pytest.approx(sum(cons) / len(cons), rel=1e-4, abs=1e-6)
     assert out.confidence.item() == pytest.approx(sum(conf) / len(conf), rel=1e-4)
     assert out.total.item() == pytest.approx(
-        0.6 * out.ce.item() + 0.2 * out.consistency.item() + 0.2 * out.confidence.item(), rel=1e-6)
+        0.6 * out.ce.item() + 0.2 * out.consistency.item() + 0.2 * out.confidence.item(), rel=1e-6
+    )
 
 
 def test_masked_tokens_get_exactly_zero_ce_gradient(model_and_batch):
@@ -166,7 +203,9 @@ def test_masked_tokens_get_exactly_zero_ce_gradient(model_and_batch):
     with torch.no_grad():
         logits, hidden = _forward(model, batch)
     logits = logits.clone().requires_grad_(True)
-    out = ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2))
+    out = ptr_loss(
+        logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2)
+    )
     out.ce.backward()
     predicts_answer = torch.zeros_like(batch["labels"], dtype=torch.bool)
     predicts_answer[:, :-1] = batch["labels"][:, 1:] != IGNORE
@@ -175,7 +214,9 @@ def test_masked_tokens_get_exactly_zero_ce_gradient(model_and_batch):
     assert (g[predicts_answer].abs().sum(-1) > 0).all()
     # the confidence term, by contrast, does reach thought tokens
     logits.grad = None
-    ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2)).confidence.backward()
+    ptr_loss(
+        logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (0.6, 0.2, 0.2)
+    ).confidence.backward()
     assert logits.grad[~predicts_answer].abs().sum() > 0
 
 
@@ -184,15 +225,23 @@ def test_lambda_100_equals_plain_answer_only_cross_entropy(model_and_batch, ce_o
     model, _, batch = model_and_batch
     model.zero_grad()
     logits, hidden = _forward(model, batch)
-    ours = ptr_loss(logits, hidden, batch["input_ids"], batch["labels"], batch["turns"], (1.0, 0.0, 0.0),
-                    ce_only=ce_only).total
+    ours = ptr_loss(
+        logits,
+        hidden,
+        batch["input_ids"],
+        batch["labels"],
+        batch["turns"],
+        (1.0, 0.0, 0.0),
+        ce_only=ce_only,
+    ).total
     ours.backward()
     g_ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     logits, _ = _forward(model, batch)
     V = logits.shape[-1]
-    plain = F.cross_entropy(logits[:, :-1].reshape(-1, V), batch["labels"][:, 1:].reshape(-1),
-                            ignore_index=IGNORE)
+    plain = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
+    )
     plain.backward()
     assert ours.item() == pytest.approx(plain.item(), rel=1e-6)
     for a, p in zip(g_ours, model.parameters(), strict=True):
