@@ -103,10 +103,19 @@ def _weak_sampling() -> SamplingConfig:
 
 
 class WeakConfig(StrictModel):
-    """Weak thoughts: ``num_thoughts`` successive rounds; round t uses model (t-1) % len(models)."""
+    """Weak thoughts: ``num_thoughts`` of them; thought t uses model (t-1) % len(models).
+
+    ``thought_mode``: ``successive`` (thought t sees thoughts 1..t-1 and the refine instruction,
+    the conversation a PTR model refines at inference) or ``independent`` (every thought sampled
+    from the query alone: the paper's Eq. 1 and its authors' code).
+    """
 
     models: list[EngineConfig] = Field(default_factory=lambda: [EngineConfig()], min_length=1)
     num_thoughts: int = Field(2, ge=1)
+    thought_mode: Literal["successive", "independent"] = Field(
+        "successive", description="successive: each thought refines the earlier ones; "
+        "independent: each is sampled from the query alone (the paper's Eq. 1)"
+    )
     sampling: SamplingConfig = Field(default_factory=_weak_sampling)
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
@@ -120,8 +129,18 @@ def _strong_engine(value: Any) -> Any:
 
 
 class StrongConfig(StrictModel):
-    """Strong answers from query + thoughts, with in-context worked examples."""
+    """Strong answers from query + thoughts, with in-context worked examples.
 
+    ``source: references`` writes each query's reference answer (its source's ``answer_field``,
+    or a synthetic problem's worked solution) instead of running the strong model: no strong
+    engine starts, and records and stats.json name ``references:<source>`` as the strong model.
+    An explicit choice for machines where the strong model is too slow; never a fallback.
+    """
+
+    source: Literal["model", "references"] = Field(
+        "model", description="model: generate with the strong model; references: the source's "
+        "reference answers (rows without one are dropped as no_reference)"
+    )
     model: EngineConfig = Field(default_factory=lambda: EngineConfig(model=DEFAULT_STRONG_MODEL))
     _strong_default = field_validator("model", mode="before")(_strong_engine)
     sampling: SamplingConfig = Field(
@@ -177,6 +196,17 @@ class BuildConfig(StrictModel):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> BuildConfig:
+        if self.strong.source == "references":
+            bare = [s.name or s.path or s.kind for s in self.sources if not s.has_references]
+            if bare:
+                raise ValueError(
+                    f"strong.source=references needs reference answers, but source(s) {bare} "
+                    "have none: set their answer_field, or use kind synthetic"
+                )
+        return self
 
 
 class BuildCheckConfig(StrictModel):

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from ptr_ray import prompts
-from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
+from ptr_ray.config import ConfigError, EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.datagen import icl
 from ptr_ray.datagen.rows import share_time, to_table
 from ptr_ray.refine import refine_batch
@@ -80,33 +80,45 @@ class _EngineStage:
 
 
 class WeakThoughts(_EngineStage):
-    """``rounds`` successive thoughts, each generated with the earlier ones in context.
+    """``rounds`` thoughts per PTR row, successive (the default) or independent.
 
-    Round t's prompt is :func:`ptr_ray.prompts.round_messages` of the query and thoughts
-    1..t-1 (the refine instruction between them) through :func:`ptr_ray.refine.refine_batch`,
-    which is the exact prompt a PTR model sees when it refines at inference time.
+    ``successive``: round t's prompt is :func:`ptr_ray.prompts.round_messages` of the query and
+    thoughts 1..t-1 (the refine instruction between them) through
+    :func:`ptr_ray.refine.refine_batch`, the exact prompt a PTR model sees when it refines at
+    inference time. ``independent``: every thought is sampled from the query alone, as the
+    paper's Eq. 1 and its authors' code do: one engine call with ``n = rounds`` samples per
+    query (so the prompt is processed, and counted in ``weak_prompt_tokens``, once: on the
+    first of the row's new thoughts).
     """
 
     time_column = "t_weak"
     stage = "weak"
 
     def __init__(self, engine: EngineConfig, rounds: int, sampling: SamplingConfig,
-                 prompt: PromptConfig) -> None:
+                 prompt: PromptConfig, thought_mode: str = "successive") -> None:
         super().__init__(engine)
+        if thought_mode not in ("successive", "independent"):
+            raise ConfigError(f"weak.thought_mode must be successive or independent, got {thought_mode!r}")
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
+        self.independent = thought_mode == "independent"
 
     def wants(self, row: dict[str, Any]) -> bool:
         return row["kind"] == "ptr"
 
+    def _conversation(self, row: dict[str, Any]) -> list[prompts.Message]:
+        if self.independent:
+            return prompts.query_messages(row["query"], self.prompt.system_prompt)
+        return prompts.round_messages(row["query"], row["thoughts"], self.prompt.refine_instruction,
+                                      self.prompt.system_prompt)
+
     def process(self, rows: list[dict[str, Any]]) -> None:
         fits = []
-        # Worst case the last round's prompt holds every new thought at max_tokens plus a
-        # refine instruction turn (~32 tokens of template) per round.
-        budget = self.rounds * (self.sampling.max_tokens + 32)
+        # Successive: worst case the last round's prompt holds every new thought at max_tokens
+        # plus a refine instruction turn (~32 tokens of template) per round. Independent: each
+        # thought continues the query alone.
+        budget = self.sampling.max_tokens if self.independent else self.rounds * (self.sampling.max_tokens + 32)
         for r in rows:
-            msgs = prompts.round_messages(r["query"], r["thoughts"], self.prompt.refine_instruction,
-                                          self.prompt.system_prompt)
-            n = _prompt_len(self.engine.tokenizer, msgs)
+            n = _prompt_len(self.engine.tokenizer, self._conversation(r))
             if n + budget > self.max_len:
                 _reject(r, "prompt_too_long",
                         f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context {self.max_len}")
@@ -114,20 +126,36 @@ class WeakThoughts(_EngineStage):
                 fits.append(r)
         if not fits:
             return
-        results = refine_batch(
-            self.engine, [r["query"] for r in fits], self.rounds, self.sampling, self.prompt,
-            history=[r["thoughts"] for r in fits],
-        )
-        for r, res in zip(fits, results, strict=True):
-            for rr in res.rounds:
-                r["thoughts"] = [*r["thoughts"], rr.answer.strip()]
-                r["weak_tokens"] = [*r["weak_tokens"], rr.tokens]
-                r["weak_prompt_tokens"] = [*r["weak_prompt_tokens"], rr.prompt_tokens]
-                r["weak_cached_tokens"] = [*r["weak_cached_tokens"], rr.cached_tokens]
-                r["weak_finish"] = [*r["weak_finish"], rr.finish_reason]
+        if self.independent:
+            gens = self.engine.generate([self._conversation(r) for r in fits],
+                                        self.sampling.model_copy(update={"n": self.rounds}))
+            for r, g in zip(fits, gens, strict=True):
+                for i, c in enumerate(g.completions):
+                    first = i == 0
+                    self._add(r, c.text, c.tokens, g.prompt_tokens if first else 0,
+                              g.cached_tokens if first else 0, c.finish_reason)
+        else:
+            results = refine_batch(
+                self.engine, [r["query"] for r in fits], self.rounds, self.sampling, self.prompt,
+                history=[r["thoughts"] for r in fits],
+            )
+            for r, res in zip(fits, results, strict=True):
+                for rr in res.rounds:
+                    self._add(r, rr.answer, rr.tokens, rr.prompt_tokens, rr.cached_tokens,
+                              rr.finish_reason)
+        for r in fits:
             empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
             if empty:
                 _reject(r, "empty_thought", f"thought {empty[0]} is empty")
+
+    @staticmethod
+    def _add(row: dict[str, Any], text: str, tokens: int, prompt_tokens: int, cached: int,
+             finish: str) -> None:
+        row["thoughts"] = [*row["thoughts"], text.strip()]
+        row["weak_tokens"] = [*row["weak_tokens"], tokens]
+        row["weak_prompt_tokens"] = [*row["weak_prompt_tokens"], prompt_tokens]
+        row["weak_cached_tokens"] = [*row["weak_cached_tokens"], cached]
+        row["weak_finish"] = [*row["weak_finish"], finish]
 
 
 class StrongAnswers(_EngineStage):
@@ -182,6 +210,21 @@ class StrongAnswers(_EngineStage):
             r["strong_prompt_tokens"], r["strong_cached_tokens"] = g.prompt_tokens, g.cached_tokens
             if not r["answer"]:
                 _reject(r, "empty_answer")
+
+
+def reference_answers(batch: pa.Table) -> pa.Table:
+    """``strong.source=references``: every row's answer is its source's reference answer (no
+    engine). A row without one is rejected with ``no_reference``: a reference build never
+    fills a gap with a generated answer."""
+    rows = batch.to_pylist()
+    for r in rows:
+        if r["reject"] is not None:
+            continue
+        if r["ref_answer"] and r["ref_answer"].strip():
+            r["answer"] = r["ref_answer"]
+        else:
+            _reject(r, "no_reference", f"source {r['source']!r} gave no reference answer for this row")
+    return to_table(rows)
 
 
 class EmbeddingConsistency:

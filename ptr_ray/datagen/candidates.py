@@ -90,7 +90,7 @@ def prepare_candidates(
 
     bar = tqdm(desc="read+clean+dedupe", unit=" rows", mininterval=2.0)
     for src_cfg in cfg.sources:
-        rows = read_source(src_cfg)
+        rows = read_source(src_cfg, cfg.seed)
         while True:
             row = timer.run("read", next, rows, None)
             if row is None:
@@ -120,9 +120,12 @@ def prepare_candidates(
                     rejects.add("dedupe", "near_duplicate", source=row.source, where=row.where, id=rid,
                                 query=res.text)
                     continue
-            if decontaminator is not None and timer.run("decontaminate", decontaminator.contaminated, res.text):
+            why = timer.run("decontaminate", decontaminator.reason, res.text) if decontaminator else None
+            if why is not None:
+                detail = ("is an eval question" if why == "exact"
+                          else f"shares a {cfg.decontaminate.ngram}-gram with an eval set")
                 rejects.add("decontaminate", "contaminated", source=row.source, where=row.where, id=rid,
-                            query=res.text, detail=f"shares a {cfg.decontaminate.ngram}-gram with an eval set")
+                            query=res.text, detail=detail)
                 continue
             kind = "sft" if is_sft(rid, cfg.sft.fraction, cfg.seed) else "ptr"
             out.candidates.append(Candidate(rid, res.text, row.source, kind, row.answer))

@@ -31,6 +31,7 @@ from ptr_ray.datagen.actors import (
     JudgeConsistency,
     StrongAnswers,
     WeakThoughts,
+    reference_answers,
 )
 from ptr_ray.datagen.candidates import Candidate, prepare_candidates
 from ptr_ray.datagen.rows import SCHEMA, new_row, to_table
@@ -49,7 +50,8 @@ def cpus_needed(cfg: BuildConfig) -> int:
     """Logical CPUs the actor pools take at their initial size (a local instance gets at least
     this many, so every pool can be scheduled; on 2 cores they time-share)."""
     total = sum(e.num_cpus * cfg.weak.pool.replicas for e, _ in weak_stages(cfg))
-    total += cfg.strong.model.num_cpus * cfg.strong.pool.replicas
+    if cfg.strong.source == "model":
+        total += cfg.strong.model.num_cpus * cfg.strong.pool.replicas
     if cfg.consistency.method == "embedding":
         total += cfg.consistency.num_cpus * cfg.consistency.pool.replicas
     elif cfg.consistency.method == "judge":
@@ -102,18 +104,22 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
         ds = ds.map_batches(
             WeakThoughts,
             fn_constructor_kwargs=dict(engine=engine, rounds=rounds, sampling=cfg.weak.sampling,
-                                       prompt=cfg.prompt),
+                                       prompt=cfg.prompt, thought_mode=cfg.weak.thought_mode),
             batch_size=cfg.weak.pool.batch_size, batch_format="pyarrow", zero_copy_batch=True,
             compute=_compute(cfg.weak.pool), **_resources(engine),
         )
-    ds = ds.map_batches(
-        StrongAnswers,
-        fn_constructor_kwargs=dict(engine=cfg.strong.model, sampling=cfg.strong.sampling,
-                                   icl_path=cfg.strong.icl_examples, num_icl=cfg.strong.num_icl,
-                                   prompt=cfg.prompt),
-        batch_size=cfg.strong.pool.batch_size, batch_format="pyarrow",
-        compute=_compute(cfg.strong.pool), **_resources(cfg.strong.model),
-    )
+    if cfg.strong.source == "references":  # no strong engine: a cheap task per batch
+        ds = ds.map_batches(reference_answers, batch_size=cfg.strong.pool.batch_size,
+                            batch_format="pyarrow", num_cpus=0.25)
+    else:
+        ds = ds.map_batches(
+            StrongAnswers,
+            fn_constructor_kwargs=dict(engine=cfg.strong.model, sampling=cfg.strong.sampling,
+                                       icl_path=cfg.strong.icl_examples, num_icl=cfg.strong.num_icl,
+                                       prompt=cfg.prompt),
+            batch_size=cfg.strong.pool.batch_size, batch_format="pyarrow",
+            compute=_compute(cfg.strong.pool), **_resources(cfg.strong.model),
+        )
     cons = cfg.consistency
     if cons.method == "embedding":
         ds = ds.map_batches(
@@ -134,24 +140,44 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     return ds
 
 
+def reference_label(source: str) -> str:
+    """What records and stats name as the strong model when answers are a source's references."""
+    return f"references:{source}"
+
+
+def strong_answers_label(cfg: BuildConfig, sources: set[str]) -> str:
+    """Where the final answers came from, as stats.json and meta.json say it: the strong model,
+    or ``references:<source>`` for each source (``strong.source=references``)."""
+    if cfg.strong.source == "model":
+        return cfg.strong.model.model
+    return ",".join(reference_label(s) for s in sorted(sources)) or "references"
+
+
 def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, Any]:
     """The dataset record (docs/design.md) of a finished pipeline row (validated by records.Record)."""
     ptr = row["kind"] == "ptr"
-    from_reference = not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"]
+    references = cfg.strong.source == "references"
+    from_reference = references or (
+        not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"])
     weak_names = sorted({e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index)
     meta: dict[str, Any] = {"run": run_id}
     if ptr:
-        meta.update(weak_tokens=row["weak_tokens"], weak_finish=row["weak_finish"],
-                    icl_examples=row["icl_used"])
+        meta.update(weak_tokens=row["weak_tokens"], weak_finish=row["weak_finish"])
+        if not references:
+            meta["icl_examples"] = row["icl_used"]
     if not from_reference:
         meta.update(strong_tokens=row["strong_tokens"], strong_finish=row["strong_finish"])
     else:
         meta["answer_from"] = "reference"
+    if references:
+        strong_model: str | None = reference_label(row["source"] or "")
+    else:  # a plain SFT row keeping its source's answer names no strong model
+        strong_model = None if from_reference else cfg.strong.model.model
     rec = Record(
         id=row["id"], query=row["query"], thoughts=row["thoughts"] if ptr else [], answer=row["answer"],
         kind=row["kind"], source=row["source"] or "",
         weak_model=",".join(weak_names) if ptr else None,
-        strong_model=None if from_reference else cfg.strong.model.model,
+        strong_model=strong_model,
         consistency=row["consistency"], meta=meta,
     )
     return rec.model_dump(mode="json")
@@ -300,7 +326,12 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         rows_in = prepared.rows_in if prepared else 0
         skipped = prepared.skipped_existing if prepared else 0
         rows_out = writer.rows if writer else 0
+        strong_answers = strong_answers_label(
+            cfg, {c.source for c in prepared.candidates} if prepared else set())
         stats.update({
+            "strong_source": cfg.strong.source,
+            "strong_answers": strong_answers,
+            "weak_thought_mode": cfg.weak.thought_mode,
             "rows_in": rows_in,
             "rows_out": rows_out,
             "rows_out_by_kind": kinds,
@@ -321,8 +352,9 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         output.write_stats(out, stats)
         output.update_meta(out, run_id, {
             "weak_models": [m.model for m in cfg.weak.models],
-            "strong_model": cfg.strong.model.model,
+            "strong_model": strong_answers,
             "num_thoughts": cfg.weak.num_thoughts,
+            "thought_mode": cfg.weak.thought_mode,
             "refine_instruction": cfg.prompt.refine_instruction,
             "run": {"status": stats["status"], "rows_out": rows_out},
         })

@@ -108,3 +108,81 @@ def test_embedding_consistency_scores_related_higher():
     assert b["consistency"] < 0.3 and b["reject"] == "low_consistency"
     assert c["consistency"] is None and c["reject"] is None
 
+
+
+class FakeEngine:
+    """Answers every conversation with numbered texts and records what it was asked."""
+
+    def __init__(self, tokenizer, max_model_len: int = 512) -> None:
+        self.tokenizer, self.max_model_len = tokenizer, max_model_len
+        self.calls: list[tuple[list, int]] = []  # (conversations, n) per generate call
+
+    def generate(self, convs, sampling):
+        from ptr_ray.engine import Completion, Generation
+
+        self.calls.append(([list(c) for c in convs], sampling.n))
+        k = len(self.calls)
+        return [Generation([Completion(f"call{k} conv{i} sample{j}", 5, "stop") for j in range(sampling.n)],
+                           prompt_tokens=20 + i, cached_tokens=i)
+                for i in range(len(convs))]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_engine(monkeypatch, tiny_tokenizer):
+    import ptr_ray.engine
+
+    engine = FakeEngine(tiny_tokenizer)
+    monkeypatch.setattr(ptr_ray.engine, "make_engine", lambda cfg: engine)
+    return engine
+
+
+def test_successive_thoughts_each_see_the_earlier_ones(fake_engine):
+    stage = WeakThoughts(EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig())
+    (row,) = stage(to_table([new_row(id="a", query="What is 2+2?", kind="ptr")])).to_pylist()
+    assert [n for _, n in fake_engine.calls] == [1, 1, 1]  # one call per round, one sample each
+    seen = [convs[0] for convs, _ in fake_engine.calls]
+    assert row["thoughts"] == ["call1 conv0 sample0", "call2 conv0 sample0", "call3 conv0 sample0"]
+    for t in range(3):
+        assert seen[t] == prompts.round_messages("What is 2+2?", row["thoughts"][:t])
+    assert row["weak_prompt_tokens"] == [20, 20, 20]
+
+
+def test_independent_thoughts_are_sampled_from_the_query_alone(fake_engine):
+    stage = WeakThoughts(EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig(),
+                         thought_mode="independent")
+    rows = [new_row(id="a", query="What is 2+2?", kind="ptr"),
+            new_row(id="b", query="Name a color.", kind="sft"),
+            new_row(id="c", query="Why is the sky blue?", kind="ptr", thoughts=["earlier"],
+                    weak_tokens=[3], weak_prompt_tokens=[9], weak_cached_tokens=[0], weak_finish=["stop"])]
+    a, b, c = stage(to_table(rows)).to_pylist()
+    # one engine call, n = 3 samples per query, each prompt the query alone (no history)
+    [(convs, n)] = fake_engine.calls
+    assert n == 3
+    assert convs == [prompts.query_messages("What is 2+2?"), prompts.query_messages("Why is the sky blue?")]
+    assert a["thoughts"] == ["call1 conv0 sample0", "call1 conv0 sample1", "call1 conv0 sample2"]
+    assert c["thoughts"] == ["earlier", "call1 conv1 sample0", "call1 conv1 sample1", "call1 conv1 sample2"]
+    assert a["weak_tokens"] == [5, 5, 5] and a["weak_finish"] == ["stop"] * 3
+    assert a["weak_prompt_tokens"] == [20, 0, 0]  # one prompt, counted once
+    assert c["weak_prompt_tokens"] == [9, 21, 0, 0] and c["weak_cached_tokens"] == [0, 1, 0, 0]
+    assert b["thoughts"] == []
+    with pytest.raises(ValueError, match="thought_mode"):
+        WeakThoughts(EngineConfig(model="fake"), rounds=1, sampling=SAMPLING, prompt=PromptConfig(),
+                     thought_mode="parallel")
+
+
+def test_reference_answers_need_no_engine_and_drop_rows_without_one():
+    from ptr_ray.datagen.actors import reference_answers
+
+    rows = [new_row(id="a", query="What is 2+2?", kind="ptr", source="synthetic", thoughts=["5"],
+                    ref_answer="2 + 2 = 4. The answer is 4."),
+            new_row(id="b", query="Say hi.", kind="sft", source="qs", ref_answer="Hi."),
+            new_row(id="c", query="No ref?", kind="ptr", source="qs", thoughts=["t"]),
+            new_row(id="d", query="Gone", kind="ptr", source="qs", reject="prompt_too_long")]
+    a, b, c, d = reference_answers(to_table(rows)).to_pylist()
+    assert a["answer"] == "2 + 2 = 4. The answer is 4." and a["reject"] is None
+    assert b["answer"] == "Hi." and b["strong_tokens"] == 0
+    assert c["reject"] == "no_reference" and "'qs'" in c["reject_detail"] and c["answer"] is None
+    assert d["reject"] == "prompt_too_long" and d["answer"] is None

@@ -83,3 +83,25 @@ def test_sft_fraction_routes_queries(tmp_path):
     prep = prepare_candidates(cfg, _words, output.Existing(), output.RejectLog(tmp_path / "out", "r", set()))
     kinds = [c.kind for c in prep.candidates]
     assert len(kinds) == 40 and 8 < kinds.count("sft") < 32
+
+
+def test_synthetic_source_is_seeded_by_the_build_and_eval_questions_are_dropped(tmp_path):
+    """A synthetic source draws training problems with the build's seed (its own if set); a
+    query that *is* an ``arith`` eval question (4 words: below any n-gram) is still dropped."""
+    from ptr_ray.data import synthetic
+
+    eval_q = synthetic.eval_problems()[0].question
+    cfg = _cfg(tmp_path, [{"q": eval_q, "a": "x"}], seed=4, dedupe={"near": False},
+               sft={"fraction": 0.0}, decontaminate={"tasks": ["arith"]})
+    cfg.sources.append(cfg.sources[0].model_copy(update={"kind": "synthetic", "path": None, "limit": 30}))
+    (tmp_path / "out").mkdir()
+    log = output.RejectLog(tmp_path / "out", "r", set())
+    prep = prepare_candidates(cfg, _words, output.Existing(), log)
+    log.close()
+    train = synthetic.generate("train", 30, seed=4)
+    assert [c.query for c in prep.candidates] == [p.question for p in train]
+    assert [c.ref_answer for c in prep.candidates] == [p.solution for p in train]
+    assert {c.source for c in prep.candidates} == {"synthetic"}
+    assert log.counts == {"contaminated": 1}
+    [entry] = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert entry["query"] == eval_q and entry["detail"] == "is an eval question"

@@ -276,3 +276,64 @@ def test_resume_processes_only_new_queries(ray_local, tiny_model_dir, tmp_path):
     assert stats["rows_in"] == len(TOPICS) and stats["balanced"]
     assert all(p.suffix == ".parquet" for p in (out / "data").iterdir())
     assert {r.id for r in records} >= first
+
+
+def test_reference_answers_are_explicit_and_named():
+    """strong.source=references: a source that cannot have references is a config error at
+    once; records and stats name ``references:<source>``; no strong pool is sized."""
+    from pydantic import ValidationError
+
+    from ptr_ray.datagen.dataflow import cpus_needed, strong_answers_label, to_record
+    from ptr_ray.datagen.rows import new_row
+
+    with pytest.raises(ValidationError, match="strong.source=references needs reference answers"):
+        BuildConfig.model_validate({"strong": {"source": "references"}})
+    with pytest.raises(ValidationError, match=r"\['q.jsonl'\]"):
+        BuildConfig.model_validate({"strong": {"source": "references"},
+                                    "sources": [{"kind": "synthetic", "limit": 3},
+                                                {"kind": "jsonl", "path": "q.jsonl"}]})
+    cfg = BuildConfig.model_validate({
+        "strong": {"source": "references", "model": {"num_cpus": 7}},
+        "sources": [{"kind": "synthetic", "limit": 3}, {"kind": "jsonl", "path": "q.jsonl", "answer_field": "a"}]})
+    model_cfg = BuildConfig.model_validate({"strong": {"model": {"num_cpus": 7}}})
+    assert cpus_needed(model_cfg) - cpus_needed(cfg) == 7
+    row = new_row(id="a" * 16, query="What is 2 + 3?", kind="ptr", source="synthetic", thoughts=["5", "6"],
+                  ref_answer="2 + 3 = 5. The answer is 5.", answer="2 + 3 = 5. The answer is 5.",
+                  weak_tokens=[1, 1], weak_finish=["stop", "stop"])
+    rec = to_record(row, cfg, "run1")
+    assert rec["strong_model"] == "references:synthetic" and rec["meta"]["answer_from"] == "reference"
+    assert "icl_examples" not in rec["meta"] and "strong_tokens" not in rec["meta"]
+    assert to_record(row, model_cfg, "run1")["strong_model"] == model_cfg.strong.model.model
+    assert strong_answers_label(cfg, {"synthetic", "q.jsonl"}) == "references:q.jsonl,references:synthetic"
+    assert strong_answers_label(model_cfg, {"x"}) == model_cfg.strong.model.model
+
+
+@pytest.mark.integration
+def test_reference_build_on_synthetic_queries_starts_no_strong_engine(ray_local, tiny_model_dir, tmp_path):
+    """Synthetic arithmetic queries, independent weak thoughts, reference answers: the strong
+    model does not exist, so the build finishing proves no strong engine was started."""
+    from ptr_ray.data import synthetic
+
+    out = tmp_path / "out"
+    cfg = make_cfg(tmp_path, tiny_model_dir, "hf", tmp_path / "unused.jsonl", out,
+                   sources=[{"kind": "synthetic", "limit": 6}], seed=3,
+                   weak={"thought_mode": "independent"}, dedupe={"near": False},
+                   strong={"source": "references", "model": {"model": str(tmp_path / "no-such-model")}},
+                   consistency={"method": "none"}, sft={"fraction": 0.3},
+                   decontaminate={"tasks": ["arith"]})
+    run_build(cfg)
+    solutions = {p.question: p.solution for p in synthetic.generate("train", 6, seed=3)}
+    records = read_records(out)
+    assert len(records) == 6
+    for r in records:
+        assert r.answer == solutions[r.query] and r.source == "synthetic"
+        assert r.strong_model == "references:synthetic" and r.meta["answer_from"] == "reference"
+        assert len(r.thoughts) == (2 if r.kind == "ptr" else 0)
+    assert {r.kind for r in records} == {"ptr", "sft"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["strong_source"] == "references" and stats["strong_answers"] == "references:synthetic"
+    assert stats["weak_thought_mode"] == "independent"
+    assert "strong" not in stats["tokens"] and stats["wall_time_s"]["strong_busy"] == 0
+    assert stats["balanced"] and stats["rows_out"] == 6
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["strong_model"] == "references:synthetic" and meta["thought_mode"] == "independent"
