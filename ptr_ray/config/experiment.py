@@ -173,6 +173,14 @@ class ExperimentConfig(StrictModel):
         min_length=1,
         description="the first is the primary one (training, verdicts); others: robustness",
     )
+    robustness_tasks: list[str] | None = Field(
+        None,
+        description="tasks evaluated with the extra refine instructions (None = every task); "
+        "the prompt-robustness table is descriptive, so it may use fewer tasks",
+    )
+    robustness_limit: int | None = Field(
+        None, ge=1, description="items per task for the extra instructions (None = eval.limit)"
+    )
     hypotheses: list[HypothesisConfig] = Field(default_factory=default_hypotheses)
     alpha: float = Field(0.05, gt=0, lt=1)
     correction: Literal["holm", "none"] = "holm"
@@ -237,6 +245,9 @@ class ExperimentConfig(StrictModel):
         ):
             raise ValueError(f"heldout.task {self.heldout.task!r} clashes with an eval task")
         self._check_hypotheses()
+        unknown_rob = [t for t in self.robustness_tasks or [] if t not in self.task_names]
+        if unknown_rob:
+            raise ValueError(f"robustness_tasks names unknown task(s) {unknown_rob}")
         unknown = [t for t in self.synthetic_tasks if t not in self.task_names]
         if unknown:
             raise ValueError(f"synthetic_tasks names unknown task(s) {unknown}")

@@ -225,14 +225,20 @@ def eval_config(
     prompt = cfg.eval.prompt.model_copy(
         update={"refine_instruction": cfg.refine_instructions[index]}
     )
-    return cfg.eval.model_copy(
-        update={
-            "methods": methods,
-            "custom_tasks": custom,
-            "prompt": prompt,
-            "output_dir": str(root / "eval" / f"instruction-{index + 1}"),
-        }
-    )
+    update: dict[str, object] = {
+        "methods": methods,
+        "custom_tasks": custom,
+        "prompt": prompt,
+        "output_dir": str(root / "eval" / f"instruction-{index + 1}"),
+    }
+    if index > 0 and cfg.robustness_tasks is not None:
+        # The extra instructions only feed the descriptive prompt-robustness table.
+        keep = set(cfg.robustness_tasks)
+        update["tasks"] = [t for t in cfg.eval.tasks if t in keep]
+        update["custom_tasks"] = [t for t in custom if t.name in keep]
+    if index > 0 and cfg.robustness_limit is not None:
+        update["limit"] = cfg.robustness_limit
+    return cfg.eval.model_copy(update=update)
 
 
 def evaluate_all(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ptr_ray.config import ExperimentConfig, dump_config, load_config
+from ptr_ray.config import ConfigError, ExperimentConfig, dump_config, load_config
 from ptr_ray.experiment import runner
 from ptr_ray.records import read_records
 
@@ -103,3 +103,21 @@ def test_eval_config_per_instruction(tmp_path):
     assert cfg.train_config("ptr").prompt.refine_instruction == "First one."
     notes = runner.synthetic_notes(cfg, root / "dataset", root / "heldout.jsonl")
     assert any("not correctness" in n for n in notes)
+
+
+def test_robustness_instructions_use_their_own_tasks_and_limit(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        "refine_instructions=[First one., Second one.]",
+        "robustness_tasks=[heldout]",
+        "robustness_limit=7",
+    )
+    root = Path(cfg.output_dir)
+    models = {"ptr": "/m/ptr", "ift": "/m/ift"}
+    primary = runner.eval_config(cfg, root, models, root / "heldout.jsonl", 0)
+    extra = runner.eval_config(cfg, root, models, root / "heldout.jsonl", 1)
+    assert primary.tasks == cfg.eval.tasks and primary.limit == cfg.eval.limit
+    assert extra.tasks == [] and [t.name for t in extra.custom_tasks] == ["heldout"]
+    assert extra.limit == 7
+    with pytest.raises(ConfigError, match="robustness_tasks names unknown"):
+        _cfg(tmp_path, "robustness_tasks=[nope]")
