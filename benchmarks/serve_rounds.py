@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import sys
@@ -191,8 +190,10 @@ def main() -> int:
         lambda *_: (_ for _ in ()).throw(TimeoutError("benchmark time limit reached")),
     )
     signal.alarm(int(args.time_limit))
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ptr_ray.models import resolve_model
+    from ptr_ray.runtime_env import apply_env
+
+    apply_env()
 
     args.model = resolve_model(args.model)
     n = args.requests

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from ptr_ray.runtime_env import apply_env, ray_env_vars
+
+apply_env(cpu=True)  # the one table of telemetry/runtime switches (ptr_ray/runtime_env.py)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +39,7 @@ def ray_local():
         include_dashboard=False,
         _temp_dir=tmp,
         log_to_driver=False,
-        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        runtime_env={"env_vars": ray_env_vars()},
     )
     yield ray
     ray.shutdown()

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from ptr_ray import runtime_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,11 +158,8 @@ def local_cluster() -> Iterator[LocalCluster]:
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": secrets.token_hex(32),  # this cluster's own token, not ~/.ray's
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "DS_ACCELERATOR": "cpu",
+            **runtime_env.DEFAULTS,
+            **runtime_env.CPU_DEFAULTS,
             "PYTHONUNBUFFERED": "1",
         }
     )
