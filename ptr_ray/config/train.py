@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import PromptConfig, RayConfig
@@ -137,8 +137,20 @@ class TrainConfig(StrictModel):
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     log_every: int = Field(1, ge=1)
     export: bool = Field(True, description="write model/ (bf16 safetensors) when training ends")
+    export_steps: list[int] = Field(
+        default_factory=list,
+        description="also write models/step-<N>/ (vLLM-loadable) when training passes step N: "
+        "the checkpoints an emergence curve evaluates",
+    )
     progress: bool = True
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=None))
     storage_path: str | None = Field(
         None, description="Ray Train storage (shared FS or s3://); default output_dir/ray"
     )
+
+    @field_validator("export_steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"export_steps must be optimizer steps >= 1, got {v}")
+        return sorted(set(v))

@@ -7,6 +7,11 @@ architecture (tied embeddings re-tied), cast to the export dtype and saved with 
 model's tokenizer, chat template and generation config, into a temporary folder renamed into
 place, so a half-written ``model/`` never exists. A LoRA run's adapters are merged into the
 base weights first (ptr_ray/train/lora.py): ``model/`` never needs peft to load.
+
+Per-step exports (``TrainConfig.export_steps``, the emergence curve of the paper's Figure 2)
+take the live weights instead of a checkpoint: :func:`live_state_dict` gathers them on rank 0
+(ZeRO-3 partitions gathered layer by layer, every rank taking part) and
+:func:`export_state_dict` writes them exactly as a final export would.
 """
 
 from __future__ import annotations
@@ -49,26 +54,54 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     return {k: v.float() for k, v in sd.items()}
 
 
+def live_state_dict(engine: Any, zero_stage: int, rank: int) -> dict | None:
+    """The full state dict of a training DeepSpeed engine's module, on rank 0 (None elsewhere).
+
+    ZeRO-3 partitions the weights: every rank must call this (it gathers collectively). ZeRO
+    0-2 keep whole weights on every rank, so rank 0 reads its own (in the training dtype;
+    the fp32 masters' bf16 rounding when training in bf16, which is what export writes anyway).
+    """
+    if zero_stage == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+        return dict(sd) if rank == 0 and sd is not None else None
+    if rank != 0:
+        return None
+    return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+
+
 def export_model(
     ckpt_dir: str | Path, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
     tag: str = "ds", meta: dict | None = None, lora: Any = None,
 ) -> Path:
-    """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config).
+    """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config) from a
+    DeepSpeed checkpoint folder.
 
     ``lora`` (an enabled :class:`~ptr_ray.config.LoraConfig`) says the checkpoint is of a
     peft-wrapped model: its adapters are merged into the base weights, so ``out_dir`` is a
     plain model either way.
     """
+    sd = consolidated_state_dict(ckpt_dir, tag)
+    return export_state_dict(sd, base_model, out_dir, dtype, {"checkpoint": str(ckpt_dir), **(meta or {})},
+                             lora, str(ckpt_dir))
+
+
+def export_state_dict(
+    sd: dict, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
+    meta: dict | None = None, lora: Any = None, origin: str = "live weights",
+) -> Path:
+    """Write ``out_dir`` from a full state dict of the trained module (``lora``: of the
+    peft-wrapped module, merged here); ``origin`` names where the weights came from in errors
+    and logs; ``meta`` goes to ``ptr_ray_export.json``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     t0 = time.time()
     out = Path(out_dir)
-    sd = consolidated_state_dict(ckpt_dir, tag)
+    sd = {k: v.float() for k, v in sd.items()}
     if lora is not None and lora.enabled:
         from ptr_ray.train.lora import merged_model
 
-        model = merged_model(sd, base_model, lora, str(ckpt_dir))
+        model = merged_model(sd, base_model, lora, origin)
         del sd
     else:
         config = AutoConfig.from_pretrained(base_model)
@@ -80,7 +113,7 @@ def export_model(
         missing = [k for k in missing if k not in tied and not k.startswith("lm_head.")]
         if missing or unexpected:
             raise RuntimeError(
-                f"checkpoint {ckpt_dir} does not match {base_model}: missing {missing[:5]}, "
+                f"checkpoint {origin} does not match {base_model}: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
     model.tie_weights()
@@ -99,8 +132,7 @@ def export_model(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "ptr_ray_export.json").write_text(json.dumps(
-            {"checkpoint": str(ckpt_dir), "base_model": str(base_model), "dtype": dtype,
-             **(meta or {})}, indent=1))
+            {"base_model": str(base_model), "dtype": dtype, **(meta or {})}, indent=1))
         (tmp / COMPLETE).write_text("")
-    log.info("exported %s -> %s (%s) in %.1fs", ckpt_dir, out, dtype, time.time() - t0)
+    log.info("exported %s -> %s (%s) in %.1fs", origin, out, dtype, time.time() - t0)
     return out

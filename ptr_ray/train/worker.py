@@ -6,7 +6,8 @@ optionally wraps it with LoRA adapters (peft; only they train), wraps it with
 ``deepspeed.initialize`` (a plain torch AdamW unless the config asks for
 DeepSpeed's own), restores the latest checkpoint if Ray Train has one (a restarted worker group
 or a second run on the same output folder), and trains, reporting metrics every
-``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps.
+``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps, and writing
+``models/step-<N>/`` at each of ``export_steps`` (see :func:`export_step`).
 """
 
 from __future__ import annotations
@@ -225,6 +226,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         write_json_atomic(out_dir / "encode_stats.json",
                           {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
                           indent=1)
+        beyond = [n for n in cfg.export_steps if n > total_steps]
+        if beyond:
+            log.warning("export_steps %s are past the last step (%d): not exported", beyond, total_steps)
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation
@@ -331,6 +335,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if bar is not None:
                 bar.set_description(f"train {cfg.mode} loss {metrics['loss']:.3f}")
                 bar.update(1)
+        if step in cfg.export_steps:
+            export_step(engine, cfg, model_path, step, rank)
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             _save_and_report(engine, metrics, step, total_steps, rank)
         elif step % cfg.log_every == 0:
@@ -338,6 +344,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t_step = time.time()
     if bar is not None:
         bar.close()
+
+
+def step_model_dir(output_dir: str | Path, step: int) -> Path:
+    """Where ``export_steps`` writes the model of optimizer step ``step``."""
+    return Path(output_dir) / "models" / f"step-{step}"
+
+
+def export_step(engine: Any, cfg: Any, base_model: str, step: int, rank: int) -> None:
+    """Write ``models/step-<N>/`` from the weights after optimizer step ``step``.
+
+    Every rank calls this (ZeRO-3 gathers its partitions collectively); rank 0 writes, with
+    the code of the final export (ptr_ray/train/export.py), so a step model loads in vLLM like
+    ``model/``. A step replayed after a restart is written again, from the resumed weights.
+    """
+    from ptr_ray.train.export import export_state_dict, live_state_dict
+
+    t0 = time.time()
+    sd = live_state_dict(engine, cfg.deepspeed.zero_stage, rank)
+    if rank != 0 or sd is None:
+        return
+    meta = {"step": step, "mode": cfg.mode, "dataset": cfg.dataset}
+    if cfg.lora.enabled:
+        meta["lora_merged"] = cfg.lora.model_dump(mode="json")
+    out = export_state_dict(sd, base_model, step_model_dir(cfg.output_dir, step), meta=meta,
+                            lora=cfg.lora if cfg.lora.enabled else None, origin=f"step {step}")
+    log.info("step %d: exported %s in %.1fs", step, out, time.time() - t0)
 
 
 def _save_and_report(engine: Any, metrics: dict[str, Any], step: int, total: int, rank: int) -> None:

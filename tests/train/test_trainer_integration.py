@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptr_ray.config import TrainConfig, load_config
 
@@ -41,7 +42,7 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
 
     out = tmp_path / "run"
     killer = kill_rank_zero(out)
-    model_dir = run_train(_cfg(tiny_model_dir, out, max_failures=1))
+    model_dir = run_train(_cfg(tiny_model_dir, out, max_failures=1, export_steps="[1,6]"))
     killer.stop()
     assert killer.error is None, killer.error
     kill = killer.kill
@@ -83,6 +84,20 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
         assert gen[0].completions[0].tokens > 0
     finally:
         eng.close()
+
+    # export_steps: models/step-<N>/ written during training, the layout of model/; step 1
+    # (before the kill) differs from step 6, which is the final model to the bit
+    from safetensors.torch import load_file
+
+    step1, step6 = out / "models" / "step-1", out / "models" / "step-6"
+    assert sorted(p.name for p in step1.iterdir()) == sorted(p.name for p in model_dir.iterdir())
+    assert json.loads((step1 / "ptr_ray_export.json").read_text())["step"] == 1
+    assert json.loads((step6 / "config.json").read_text()) == cfg
+    final, at6, at1 = (load_file(d / "model.safetensors") for d in (model_dir, step6, step1))
+    assert final.keys() == at6.keys() == at1.keys()
+    assert all(torch.equal(final[k], at6[k]) for k in final)
+    assert not all(torch.equal(final[k], at1[k]) for k in final)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["step-1", "step-6"]
 
 
 def test_second_run_on_same_output_folder_resumes(ray_local, tiny_model_dir, tmp_path, kill_rank_zero):
