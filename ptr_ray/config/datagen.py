@@ -113,8 +113,9 @@ class WeakConfig(StrictModel):
     models: list[EngineConfig] = Field(default_factory=lambda: [EngineConfig()], min_length=1)
     num_thoughts: int = Field(2, ge=1)
     thought_mode: Literal["successive", "independent"] = Field(
-        "successive", description="successive: each thought refines the earlier ones; "
-        "independent: each is sampled from the query alone (the paper's Eq. 1)"
+        "successive",
+        description="successive: each thought refines the earlier ones; "
+        "independent: each is sampled from the query alone (the paper's Eq. 1)",
     )
     sampling: SamplingConfig = Field(default_factory=_weak_sampling)
     pool: PoolConfig = Field(default_factory=PoolConfig)
@@ -138,8 +139,9 @@ class StrongConfig(StrictModel):
     """
 
     source: Literal["model", "references"] = Field(
-        "model", description="model: generate with the strong model; references: the source's "
-        "reference answers (rows without one are dropped as no_reference)"
+        "model",
+        description="model: generate with the strong model; references: the source's "
+        "reference answers (rows without one are dropped as no_reference)",
     )
     model: EngineConfig = Field(default_factory=lambda: EngineConfig(model=DEFAULT_STRONG_MODEL))
     _strong_default = field_validator("model", mode="before")(_strong_engine)

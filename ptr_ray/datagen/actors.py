@@ -28,6 +28,7 @@ from ptr_ray.refine import refine_batch
 
 log = logging.getLogger(__name__)
 
+
 def _prompt_len(tokenizer: Any, messages: list[prompts.Message]) -> int:
     return len(prompts.encode(tokenizer, messages, add_generation_prompt=True))
 
@@ -49,8 +50,13 @@ class _EngineStage:
         self.engine_cfg = engine
         self.engine = make_engine(engine)
         self.max_len = int(getattr(self.engine, "max_model_len", engine.max_model_len or 2048))
-        log.info("%s actor: %s ready in %.1fs (pid %d)", self.stage, engine.model,
-                 time.time() - t0, os.getpid())
+        log.info(
+            "%s actor: %s ready in %.1fs (pid %d)",
+            self.stage,
+            engine.model,
+            time.time() - t0,
+            os.getpid(),
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -94,11 +100,19 @@ class WeakThoughts(_EngineStage):
     time_column = "t_weak"
     stage = "weak"
 
-    def __init__(self, engine: EngineConfig, rounds: int, sampling: SamplingConfig,
-                 prompt: PromptConfig, thought_mode: str = "successive") -> None:
+    def __init__(
+        self,
+        engine: EngineConfig,
+        rounds: int,
+        sampling: SamplingConfig,
+        prompt: PromptConfig,
+        thought_mode: str = "successive",
+    ) -> None:
         super().__init__(engine)
         if thought_mode not in ("successive", "independent"):
-            raise ConfigError(f"weak.thought_mode must be successive or independent, got {thought_mode!r}")
+            raise ConfigError(
+                f"weak.thought_mode must be successive or independent, got {thought_mode!r}"
+            )
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
         self.independent = thought_mode == "independent"
 
@@ -108,49 +122,76 @@ class WeakThoughts(_EngineStage):
     def _conversation(self, row: dict[str, Any]) -> list[prompts.Message]:
         if self.independent:
             return prompts.query_messages(row["query"], self.prompt.system_prompt)
-        return prompts.round_messages(row["query"], row["thoughts"], self.prompt.refine_instruction,
-                                      self.prompt.system_prompt)
+        return prompts.round_messages(
+            row["query"], row["thoughts"], self.prompt.refine_instruction, self.prompt.system_prompt
+        )
 
     def process(self, rows: list[dict[str, Any]]) -> None:
         fits = []
         # Successive: worst case the last round's prompt holds every new thought at max_tokens
         # plus a refine instruction turn (~32 tokens of template) per round. Independent: each
         # thought continues the query alone.
-        budget = self.sampling.max_tokens if self.independent else self.rounds * (self.sampling.max_tokens + 32)
+        budget = (
+            self.sampling.max_tokens
+            if self.independent
+            else self.rounds * (self.sampling.max_tokens + 32)
+        )
         for r in rows:
             n = _prompt_len(self.engine.tokenizer, self._conversation(r))
             if n + budget > self.max_len:
-                _reject(r, "prompt_too_long",
-                        f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context {self.max_len}")
+                _reject(
+                    r,
+                    "prompt_too_long",
+                    f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context {self.max_len}",
+                )
             else:
                 fits.append(r)
         if not fits:
             return
         if self.independent:
-            gens = self.engine.generate([self._conversation(r) for r in fits],
-                                        self.sampling.model_copy(update={"n": self.rounds}))
+            gens = self.engine.generate(
+                [self._conversation(r) for r in fits],
+                self.sampling.model_copy(update={"n": self.rounds}),
+            )
             for r, g in zip(fits, gens, strict=True):
                 for i, c in enumerate(g.completions):
                     first = i == 0
-                    self._add(r, c.text, c.tokens, g.prompt_tokens if first else 0,
-                              g.cached_tokens if first else 0, c.finish_reason)
+                    self._add(
+                        r,
+                        c.text,
+                        c.tokens,
+                        g.prompt_tokens if first else 0,
+                        g.cached_tokens if first else 0,
+                        c.finish_reason,
+                    )
         else:
             results = refine_batch(
-                self.engine, [r["query"] for r in fits], self.rounds, self.sampling, self.prompt,
+                self.engine,
+                [r["query"] for r in fits],
+                self.rounds,
+                self.sampling,
+                self.prompt,
                 history=[r["thoughts"] for r in fits],
             )
             for r, res in zip(fits, results, strict=True):
                 for rr in res.rounds:
-                    self._add(r, rr.answer, rr.tokens, rr.prompt_tokens, rr.cached_tokens,
-                              rr.finish_reason)
+                    self._add(
+                        r,
+                        rr.answer,
+                        rr.tokens,
+                        rr.prompt_tokens,
+                        rr.cached_tokens,
+                        rr.finish_reason,
+                    )
         for r in fits:
             empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
             if empty:
                 _reject(r, "empty_thought", f"thought {empty[0]} is empty")
 
     @staticmethod
-    def _add(row: dict[str, Any], text: str, tokens: int, prompt_tokens: int, cached: int,
-             finish: str) -> None:
+    def _add(
+        row: dict[str, Any], text: str, tokens: int, prompt_tokens: int, cached: int, finish: str
+    ) -> None:
         row["thoughts"] = [*row["thoughts"], text.strip()]
         row["weak_tokens"] = [*row["weak_tokens"], tokens]
         row["weak_prompt_tokens"] = [*row["weak_prompt_tokens"], prompt_tokens]
@@ -168,8 +209,14 @@ class StrongAnswers(_EngineStage):
     time_column = "t_strong"
     stage = "strong"
 
-    def __init__(self, engine: EngineConfig, sampling: SamplingConfig, icl_path: str | None,
-                 num_icl: int, prompt: PromptConfig) -> None:
+    def __init__(
+        self,
+        engine: EngineConfig,
+        sampling: SamplingConfig,
+        icl_path: str | None,
+        num_icl: int,
+        prompt: PromptConfig,
+    ) -> None:
         super().__init__(engine)
         self.sampling, self.prompt = sampling, prompt
         self.examples = icl.load_examples(icl_path) if num_icl else []
@@ -194,8 +241,11 @@ class StrongAnswers(_EngineStage):
                 continue
             msgs, k = self._messages(r)
             if msgs is None:
-                _reject(r, "prompt_too_long",
-                        f"strong prompt + {self.sampling.max_tokens} new tokens > context {self.max_len}")
+                _reject(
+                    r,
+                    "prompt_too_long",
+                    f"strong prompt + {self.sampling.max_tokens} new tokens > context {self.max_len}",
+                )
                 continue
             r["icl_used"] = k
             convs.append(msgs)
@@ -223,7 +273,9 @@ def reference_answers(batch: pa.Table) -> pa.Table:
         if r["ref_answer"] and r["ref_answer"].strip():
             r["answer"] = r["ref_answer"]
         else:
-            _reject(r, "no_reference", f"source {r['source']!r} gave no reference answer for this row")
+            _reject(
+                r, "no_reference", f"source {r['source']!r} gave no reference answer for this row"
+            )
     return to_table(rows)
 
 
@@ -254,11 +306,14 @@ class EmbeddingConsistency:
             vecs = self.embedder.encode(texts)
             for r, (start, n) in zip(todo, spans, strict=True):
                 answer = vecs[start]
-                sims = vecs[start + 1: start + 1 + n] @ answer
+                sims = vecs[start + 1 : start + 1 + n] @ answer
                 r["consistency"] = float(sims.mean())
                 if r["consistency"] < self.threshold:
-                    _reject(r, "low_consistency",
-                            f"consistency {r['consistency']:.3f} < threshold {self.threshold}")
+                    _reject(
+                        r,
+                        "low_consistency",
+                        f"consistency {r['consistency']:.3f} < threshold {self.threshold}",
+                    )
             share_time(todo, "t_consistency", time.time() - t0)
         return to_table(rows)
 
@@ -290,11 +345,19 @@ class JudgeConsistency(_EngineStage):
         convs, targets = [], []
         for r in rows:
             drafts = "\n\n".join(f"Draft {i}:\n{t}" for i, t in enumerate(r["thoughts"], 1))
-            msgs = [{"role": "user", "content": JUDGE_PROMPT.format(
-                query=r["query"], drafts=drafts, answer=r["answer"])}]
+            msgs = [
+                {
+                    "role": "user",
+                    "content": JUDGE_PROMPT.format(
+                        query=r["query"], drafts=drafts, answer=r["answer"]
+                    ),
+                }
+            ]
             n = _prompt_len(self.engine.tokenizer, msgs)
             if n + self.sampling.max_tokens > self.max_len:
-                _reject(r, "prompt_too_long", f"judge prompt of {n} tokens > context {self.max_len}")
+                _reject(
+                    r, "prompt_too_long", f"judge prompt of {n} tokens > context {self.max_len}"
+                )
                 continue
             convs.append(msgs)
             targets.append(r)
@@ -310,5 +373,8 @@ class JudgeConsistency(_EngineStage):
                 continue
             r["consistency"] = int(m.group(1)) / 10
             if r["consistency"] < self.threshold:
-                _reject(r, "low_consistency",
-                        f"judge score {r['consistency']:.1f} < threshold {self.threshold}")
+                _reject(
+                    r,
+                    "low_consistency",
+                    f"judge score {r['consistency']:.1f} < threshold {self.threshold}",
+                )

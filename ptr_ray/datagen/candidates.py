@@ -64,11 +64,16 @@ def build_decontaminator(cfg: BuildConfig) -> NgramDecontaminator | None:
     from ptr_ray.data.benchmarks import decontamination_texts
 
     texts = decontamination_texts(cfg.decontaminate.tasks)
-    return NgramDecontaminator(texts, n=cfg.decontaminate.ngram, min_words=cfg.decontaminate.min_words)
+    return NgramDecontaminator(
+        texts, n=cfg.decontaminate.ngram, min_words=cfg.decontaminate.min_words
+    )
 
 
 def prepare_candidates(
-    cfg: BuildConfig, count_tokens: Callable[[str], int], existing: Existing, rejects: RejectLog,
+    cfg: BuildConfig,
+    count_tokens: Callable[[str], int],
+    existing: Existing,
+    rejects: RejectLog,
     decontaminator: NgramDecontaminator | None = None,
 ) -> Prepared:
     """One pass over every configured source; see the module docstring."""
@@ -78,13 +83,20 @@ def prepare_candidates(
         decontaminator = timer.run("decontaminate_index", build_decontaminator, cfg)
     if decontaminator is not None:
         out.decontamination_ngrams = len(decontaminator)
-    cleaner = Cleaner(count_tokens, cfg.clean.min_tokens, cfg.clean.max_tokens,
-                      cfg.clean.strip_urls, cfg.clean.strip_images)
+    cleaner = Cleaner(
+        count_tokens,
+        cfg.clean.min_tokens,
+        cfg.clean.max_tokens,
+        cfg.clean.strip_urls,
+        cfg.clean.strip_images,
+    )
     done = existing.done_ids
     exact = ExactDeduper()
     near = None
     if cfg.dedupe.near:
-        near = NearDeduper(cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.shingle_size, cfg.seed + 1)
+        near = NearDeduper(
+            cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.shingle_size, cfg.seed + 1
+        )
         for q in existing.queries:  # a resumed run never adds a near-copy of a written row
             near.check_and_add(q)
 
@@ -98,40 +110,85 @@ def prepare_candidates(
             out.rows_in += 1
             bar.update(1)
             if not row.ok:
-                rejects.add("read", row.reason or "unknown", source=row.source, where=row.where,
-                            detail=row.detail, raw=row.raw)
+                rejects.add(
+                    "read",
+                    row.reason or "unknown",
+                    source=row.source,
+                    where=row.where,
+                    detail=row.detail,
+                    raw=row.raw,
+                )
                 continue
             res = timer.run("clean", cleaner, row.query)
             rid = record_id(res.text) if res.text else None
             if res.reason:
-                rejects.add("clean", res.reason, source=row.source, where=row.where, id=rid,
-                            query=res.text or None, detail=f"{res.tokens} tokens" if res.tokens else "")
+                rejects.add(
+                    "clean",
+                    res.reason,
+                    source=row.source,
+                    where=row.where,
+                    id=rid,
+                    query=res.text or None,
+                    detail=f"{res.tokens} tokens" if res.tokens else "",
+                )
                 continue
             assert rid is not None
             if rid in done:
                 out.skipped_existing += 1
                 continue
             if not exact.add(res.text):
-                rejects.add("dedupe", "duplicate", source=row.source, where=row.where, id=rid, query=res.text)
+                rejects.add(
+                    "dedupe",
+                    "duplicate",
+                    source=row.source,
+                    where=row.where,
+                    id=rid,
+                    query=res.text,
+                )
                 continue
             if near is not None:
                 hit = timer.run("dedupe", near.check_and_add, res.text)
                 if hit is not None:
-                    rejects.add("dedupe", "near_duplicate", source=row.source, where=row.where, id=rid,
-                                query=res.text)
+                    rejects.add(
+                        "dedupe",
+                        "near_duplicate",
+                        source=row.source,
+                        where=row.where,
+                        id=rid,
+                        query=res.text,
+                    )
                     continue
-            why = timer.run("decontaminate", decontaminator.reason, res.text) if decontaminator else None
+            why = (
+                timer.run("decontaminate", decontaminator.reason, res.text)
+                if decontaminator
+                else None
+            )
             if why is not None:
-                detail = ("is an eval question" if why == "exact"
-                          else f"shares a {cfg.decontaminate.ngram}-gram with an eval set")
-                rejects.add("decontaminate", "contaminated", source=row.source, where=row.where, id=rid,
-                            query=res.text, detail=detail)
+                detail = (
+                    "is an eval question"
+                    if why == "exact"
+                    else f"shares a {cfg.decontaminate.ngram}-gram with an eval set"
+                )
+                rejects.add(
+                    "decontaminate",
+                    "contaminated",
+                    source=row.source,
+                    where=row.where,
+                    id=rid,
+                    query=res.text,
+                    detail=detail,
+                )
                 continue
             kind = "sft" if is_sft(rid, cfg.sft.fraction, cfg.seed) else "ptr"
             out.candidates.append(Candidate(rid, res.text, row.source, kind, row.answer))
     bar.close()
     rejects.flush()
     out.seconds = timer.seconds
-    log.info("prepared %d queries from %d rows (%d already written, %d dropped)",
-             len(out.candidates), out.rows_in, out.skipped_existing, rejects.total)
+    log.info(
+        "prepared %d queries from %d rows (%d already written, %d dropped)",
+        len(out.candidates),
+        out.rows_in,
+        out.skipped_existing,
+        rejects.total,
+    )
     return out

@@ -55,7 +55,9 @@ def cpus_needed(cfg: BuildConfig) -> int:
     if cfg.consistency.method == "embedding":
         total += cfg.consistency.num_cpus * cfg.consistency.pool.replicas
     elif cfg.consistency.method == "judge":
-        total += (cfg.consistency.judge or cfg.strong.model).num_cpus * cfg.consistency.pool.replicas
+        total += (
+            cfg.consistency.judge or cfg.strong.model
+        ).num_cpus * cfg.consistency.pool.replicas
     return math.ceil(total) + 1  # + Ray Data's own input tasks
 
 
@@ -92,8 +94,10 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     """The lazy Ray Data pipeline over the prepared candidates."""
     import ray
 
-    rows = [new_row(id=c.id, query=c.query, source=c.source, kind=c.kind, ref_answer=c.ref_answer)
-            for c in candidates]
+    rows = [
+        new_row(id=c.id, query=c.query, source=c.source, kind=c.kind, ref_answer=c.ref_answer)
+        for c in candidates
+    ]
     table = to_table(rows)
     bs = cfg.weak.pool.batch_size
     ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table])
@@ -103,39 +107,62 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     for engine, rounds in weak_stages(cfg):
         ds = ds.map_batches(
             WeakThoughts,
-            fn_constructor_kwargs=dict(engine=engine, rounds=rounds, sampling=cfg.weak.sampling,
-                                       prompt=cfg.prompt, thought_mode=cfg.weak.thought_mode),
-            batch_size=cfg.weak.pool.batch_size, batch_format="pyarrow", zero_copy_batch=True,
-            compute=_compute(cfg.weak.pool), **_resources(engine),
+            fn_constructor_kwargs=dict(
+                engine=engine,
+                rounds=rounds,
+                sampling=cfg.weak.sampling,
+                prompt=cfg.prompt,
+                thought_mode=cfg.weak.thought_mode,
+            ),
+            batch_size=cfg.weak.pool.batch_size,
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+            compute=_compute(cfg.weak.pool),
+            **_resources(engine),
         )
     if cfg.strong.source == "references":  # no strong engine: a cheap task per batch
-        ds = ds.map_batches(reference_answers, batch_size=cfg.strong.pool.batch_size,
-                            batch_format="pyarrow", num_cpus=0.25)
+        ds = ds.map_batches(
+            reference_answers,
+            batch_size=cfg.strong.pool.batch_size,
+            batch_format="pyarrow",
+            num_cpus=0.25,
+        )
     else:
         ds = ds.map_batches(
             StrongAnswers,
-            fn_constructor_kwargs=dict(engine=cfg.strong.model, sampling=cfg.strong.sampling,
-                                       icl_path=cfg.strong.icl_examples, num_icl=cfg.strong.num_icl,
-                                       prompt=cfg.prompt),
-            batch_size=cfg.strong.pool.batch_size, batch_format="pyarrow",
-            compute=_compute(cfg.strong.pool), **_resources(cfg.strong.model),
+            fn_constructor_kwargs=dict(
+                engine=cfg.strong.model,
+                sampling=cfg.strong.sampling,
+                icl_path=cfg.strong.icl_examples,
+                num_icl=cfg.strong.num_icl,
+                prompt=cfg.prompt,
+            ),
+            batch_size=cfg.strong.pool.batch_size,
+            batch_format="pyarrow",
+            compute=_compute(cfg.strong.pool),
+            **_resources(cfg.strong.model),
         )
     cons = cfg.consistency
     if cons.method == "embedding":
         ds = ds.map_batches(
             EmbeddingConsistency,
             fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold),
-            batch_size=cons.pool.batch_size, batch_format="pyarrow",
-            compute=_compute(cons.pool), num_cpus=cons.num_cpus,
+            batch_size=cons.pool.batch_size,
+            batch_format="pyarrow",
+            compute=_compute(cons.pool),
+            num_cpus=cons.num_cpus,
         )
     elif cons.method == "judge":
         judge = cons.judge or cfg.strong.model
         ds = ds.map_batches(
             JudgeConsistency,
-            fn_constructor_kwargs=dict(engine=judge, threshold=cons.threshold,
-                                       max_tokens=cons.judge_max_tokens),
-            batch_size=cons.pool.batch_size, batch_format="pyarrow",
-            compute=_compute(cons.pool), **_resources(judge),
+            fn_constructor_kwargs=dict(
+                engine=judge, threshold=cons.threshold, max_tokens=cons.judge_max_tokens
+            ),
+            batch_size=cons.pool.batch_size,
+            batch_format="pyarrow",
+            compute=_compute(cons.pool),
+            **_resources(judge),
         )
     return ds
 
@@ -158,8 +185,11 @@ def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, A
     ptr = row["kind"] == "ptr"
     references = cfg.strong.source == "references"
     from_reference = references or (
-        not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"])
-    weak_names = sorted({e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index)
+        not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"]
+    )
+    weak_names = sorted(
+        {e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index
+    )
     meta: dict[str, Any] = {"run": run_id}
     if ptr:
         meta.update(weak_tokens=row["weak_tokens"], weak_finish=row["weak_finish"])
@@ -174,11 +204,16 @@ def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, A
     else:  # a plain SFT row keeping its source's answer names no strong model
         strong_model = None if from_reference else cfg.strong.model.model
     rec = Record(
-        id=row["id"], query=row["query"], thoughts=row["thoughts"] if ptr else [], answer=row["answer"],
-        kind=row["kind"], source=row["source"] or "",
+        id=row["id"],
+        query=row["query"],
+        thoughts=row["thoughts"] if ptr else [],
+        answer=row["answer"],
+        kind=row["kind"],
+        source=row["source"] or "",
         weak_model=",".join(weak_names) if ptr else None,
         strong_model=strong_model,
-        consistency=row["consistency"], meta=meta,
+        consistency=row["consistency"],
+        meta=meta,
     )
     return rec.model_dump(mode="json")
 
@@ -189,7 +224,8 @@ class _Tally:
     def __init__(self, cfg: BuildConfig) -> None:
         self.round_models = [e.model for e, r in weak_stages(cfg) for _ in range(r)]
         self.tokens: dict[str, dict[str, dict[str, int]]] = defaultdict(
-            lambda: defaultdict(lambda: {"prompt": 0, "generated": 0, "cached": 0, "calls": 0}))
+            lambda: defaultdict(lambda: {"prompt": 0, "generated": 0, "cached": 0, "calls": 0})
+        )
         self.busy = {"weak": 0.0, "strong": 0.0, "consistency": 0.0}
         self.strong_model = cfg.strong.model.model
         self.judge_model = (cfg.consistency.judge or cfg.strong.model).model
@@ -220,14 +256,23 @@ class _Tally:
             self.consistency.append(row["consistency"])
 
     def token_stats(self) -> dict[str, Any]:
-        return {role: {m: dict(v) for m, v in by_model.items()} for role, by_model in self.tokens.items()}
+        return {
+            role: {m: dict(v) for m, v in by_model.items()}
+            for role, by_model in self.tokens.items()
+        }
 
 
 def _summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     v = sorted(values)
-    return {"n": len(v), "mean": sum(v) / len(v), "min": v[0], "median": v[len(v) // 2], "max": v[-1]}
+    return {
+        "n": len(v),
+        "mean": sum(v) / len(v),
+        "min": v[0],
+        "median": v[len(v) // 2],
+        "max": v[-1],
+    }
 
 
 def run_build(cfg: BuildConfig) -> Path:
@@ -239,7 +284,9 @@ def run_build(cfg: BuildConfig) -> Path:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise BuildError(f"another build is writing to {out} (lock {out / '.build.lock'})") from None
+        raise BuildError(
+            f"another build is writing to {out} (lock {out / '.build.lock'})"
+        ) from None
     try:
         return _run_locked(cfg, out, t_start)
     finally:
@@ -255,8 +302,12 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     existing = output.scan(out)
     if existing.record_ids:
-        log.info("resuming into %s: %d records already written, %d final rejects",
-                 out, len(existing.record_ids), len(existing.final_reject_ids))
+        log.info(
+            "resuming into %s: %d records already written, %d final rejects",
+            out,
+            len(existing.record_ids),
+            len(existing.final_reject_ids),
+        )
     dump_config(cfg, out / "config.yaml")
     rejects = output.RejectLog(out, run_id, existing.reject_keys)
     seconds: dict[str, float] = {}
@@ -292,13 +343,25 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                         seen += 1
                         tally.add(row)
                         if row["reject"]:
-                            rejects.add("generate", row["reject"], source=row["source"] or "", id=row["id"],
-                                        query=row["query"], detail=row["reject_detail"] or "",
-                                        thoughts=row["thoughts"], answer=row["answer"],
-                                        consistency=row["consistency"])
+                            rejects.add(
+                                "generate",
+                                row["reject"],
+                                source=row["source"] or "",
+                                id=row["id"],
+                                query=row["query"],
+                                detail=row["reject_detail"] or "",
+                                thoughts=row["thoughts"],
+                                answer=row["answer"],
+                                consistency=row["consistency"],
+                            )
                         elif row["id"] in written_ids:  # a retried batch delivered twice
-                            rejects.add("write", "duplicate_id", source=row["source"] or "", id=row["id"],
-                                        query=row["query"])
+                            rejects.add(
+                                "write",
+                                "duplicate_id",
+                                source=row["source"] or "",
+                                id=row["id"],
+                                query=row["query"],
+                            )
                         else:
                             good.append(to_record(row, cfg, run_id))
                             written_ids.add(row["id"])
@@ -315,7 +378,11 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                     ray.shutdown()
         stats["status"] = "finished"
     except BaseException as e:
-        stats["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+        stats["status"] = (
+            "interrupted"
+            if isinstance(e, KeyboardInterrupt)
+            else f"failed: {type(e).__name__}: {e}"
+        )
         raise
     finally:
         if writer is not None:
@@ -327,43 +394,61 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         skipped = prepared.skipped_existing if prepared else 0
         rows_out = writer.rows if writer else 0
         strong_answers = strong_answers_label(
-            cfg, {c.source for c in prepared.candidates} if prepared else set())
-        stats.update({
-            "strong_source": cfg.strong.source,
-            "strong_answers": strong_answers,
-            "weak_thought_mode": cfg.weak.thought_mode,
-            "rows_in": rows_in,
-            "rows_out": rows_out,
-            "rows_out_by_kind": kinds,
-            "skipped_existing": skipped,
-            "dropped": dict(sorted(rejects.counts.items())),
-            "dropped_total": rejects.total,
-            "dropped_by_stage": rejects.by_stage,
-            # candidates that never came back from the pipeline (an interrupted run)
-            "pending": len(prepared.candidates) - seen if prepared else 0,
-            "tokens": tally.token_stats(),
-            "consistency": _summary(tally.consistency),
-            "wall_time_s": {k: round(v, 3) for k, v in seconds.items()},
-            "files": writer.files if writer else [],
-            "decontamination_ngrams": prepared.decontamination_ngrams if prepared else 0,
-            "repaired_files": existing.repaired,
-        })
+            cfg, {c.source for c in prepared.candidates} if prepared else set()
+        )
+        stats.update(
+            {
+                "strong_source": cfg.strong.source,
+                "strong_answers": strong_answers,
+                "weak_thought_mode": cfg.weak.thought_mode,
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+                "rows_out_by_kind": kinds,
+                "skipped_existing": skipped,
+                "dropped": dict(sorted(rejects.counts.items())),
+                "dropped_total": rejects.total,
+                "dropped_by_stage": rejects.by_stage,
+                # candidates that never came back from the pipeline (an interrupted run)
+                "pending": len(prepared.candidates) - seen if prepared else 0,
+                "tokens": tally.token_stats(),
+                "consistency": _summary(tally.consistency),
+                "wall_time_s": {k: round(v, 3) for k, v in seconds.items()},
+                "files": writer.files if writer else [],
+                "decontamination_ngrams": prepared.decontamination_ngrams if prepared else 0,
+                "repaired_files": existing.repaired,
+            }
+        )
         stats["balanced"] = rows_in == rows_out + rejects.total + skipped + stats["pending"]
         output.write_stats(out, stats)
-        output.update_meta(out, run_id, {
-            "weak_models": [m.model for m in cfg.weak.models],
-            "strong_model": strong_answers,
-            "num_thoughts": cfg.weak.num_thoughts,
-            "thought_mode": cfg.weak.thought_mode,
-            "refine_instruction": cfg.prompt.refine_instruction,
-            "run": {"status": stats["status"], "rows_out": rows_out},
-        })
+        output.update_meta(
+            out,
+            run_id,
+            {
+                "weak_models": [m.model for m in cfg.weak.models],
+                "strong_model": strong_answers,
+                "num_thoughts": cfg.weak.num_thoughts,
+                "thought_mode": cfg.weak.thought_mode,
+                "refine_instruction": cfg.prompt.refine_instruction,
+                "run": {"status": stats["status"], "rows_out": rows_out},
+            },
+        )
     if not stats["balanced"]:
         raise BuildError(f"stats do not add up (see {out / 'stats.json'}); this is a bug")
     gen_errors = rejects.counts.get("generation_error", 0)
     if gen_errors and stats["rows_out"] == 0:
-        raise BuildError(f"every generation failed ({gen_errors} rows); see {out / 'rejects.jsonl'}")
-    log.info("build %s: %d rows in, %d written (%d ptr, %d sft), %d dropped %s, %d already there; %.1fs",
-             stats["status"], stats["rows_in"], stats["rows_out"], kinds["ptr"], kinds["sft"],
-             stats["dropped_total"], stats["dropped"], stats["skipped_existing"], seconds["total"])
+        raise BuildError(
+            f"every generation failed ({gen_errors} rows); see {out / 'rejects.jsonl'}"
+        )
+    log.info(
+        "build %s: %d rows in, %d written (%d ptr, %d sft), %d dropped %s, %d already there; %.1fs",
+        stats["status"],
+        stats["rows_in"],
+        stats["rows_out"],
+        kinds["ptr"],
+        kinds["sft"],
+        stats["dropped_total"],
+        stats["dropped"],
+        stats["skipped_existing"],
+        seconds["total"],
+    )
     return out

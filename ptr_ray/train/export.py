@@ -42,7 +42,9 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     tag_dir = root / tag
     if not tag_dir.is_dir():
         raise ExportError(f"{root} holds no DeepSpeed checkpoint tag {tag!r}")
-    if list(tag_dir.glob("*optim_states.pt")) and any("zero_pp_rank" in p.name for p in tag_dir.iterdir()):
+    if list(tag_dir.glob("*optim_states.pt")) and any(
+        "zero_pp_rank" in p.name for p in tag_dir.iterdir()
+    ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
@@ -70,8 +72,13 @@ def live_state_dict(engine: Any, zero_stage: int, rank: int) -> dict | None:
 
 
 def export_model(
-    ckpt_dir: str | Path, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
-    tag: str = "ds", meta: dict | None = None, lora: Any = None,
+    ckpt_dir: str | Path,
+    base_model: str | Path,
+    out_dir: str | Path,
+    dtype: str = "bfloat16",
+    tag: str = "ds",
+    meta: dict | None = None,
+    lora: Any = None,
 ) -> Path:
     """Write ``out_dir`` (safetensors + tokenizer + chat template + generation config) from a
     DeepSpeed checkpoint folder.
@@ -81,13 +88,25 @@ def export_model(
     plain model either way.
     """
     sd = consolidated_state_dict(ckpt_dir, tag)
-    return export_state_dict(sd, base_model, out_dir, dtype, {"checkpoint": str(ckpt_dir), **(meta or {})},
-                             lora, str(ckpt_dir))
+    return export_state_dict(
+        sd,
+        base_model,
+        out_dir,
+        dtype,
+        {"checkpoint": str(ckpt_dir), **(meta or {})},
+        lora,
+        str(ckpt_dir),
+    )
 
 
 def export_state_dict(
-    sd: dict, base_model: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
-    meta: dict | None = None, lora: Any = None, origin: str = "live weights",
+    sd: dict,
+    base_model: str | Path,
+    out_dir: str | Path,
+    dtype: str = "bfloat16",
+    meta: dict | None = None,
+    lora: Any = None,
+    origin: str = "live weights",
 ) -> Path:
     """Write ``out_dir`` from a full state dict of the trained module (``lora``: of the
     peft-wrapped module, merged here); ``origin`` names where the weights came from in errors
@@ -131,8 +150,9 @@ def export_state_dict(
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "ptr_ray_export.json").write_text(json.dumps(
-            {"base_model": str(base_model), "dtype": dtype, **(meta or {})}, indent=1))
+        (tmp / "ptr_ray_export.json").write_text(
+            json.dumps({"base_model": str(base_model), "dtype": dtype, **(meta or {})}, indent=1)
+        )
         (tmp / COMPLETE).write_text("")
     log.info("exported %s -> %s (%s) in %.1fs", origin, out, dtype, time.time() - t0)
     return out

@@ -102,8 +102,12 @@ def deepspeed_config(cfg: Any, world_size: int) -> dict[str, Any]:
         if opt.optimizer == "deepspeed":
             out["optimizer"] = {
                 "type": "AdamW",
-                "params": {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps,
-                           "weight_decay": opt.weight_decay},
+                "params": {
+                    "lr": opt.lr,
+                    "betas": list(opt.betas),
+                    "eps": opt.eps,
+                    "weight_decay": opt.weight_decay,
+                },
             }
     out.setdefault("steps_per_print", 1 << 30)
     out.setdefault("wall_clock_breakdown", False)
@@ -134,8 +138,9 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
 # ------------------------------------------------------------------------------------------
 
 
-def build_plans(cfg: Any, records: list, tokenizer: Any, rank: int, world: int, gas: int,
-                mbs: int, all_reduce) -> tuple[list, dict[str, int]]:
+def build_plans(
+    cfg: Any, records: list, tokenizer: Any, rank: int, world: int, gas: int, mbs: int, all_reduce
+) -> tuple[list, dict[str, int]]:
     """Every epoch's micro-batches for this rank, padded so all ranks take the same steps.
 
     ``all_reduce(values, op)`` reduces a list of ints over ranks ("max" or "sum").
@@ -143,8 +148,13 @@ def build_plans(cfg: Any, records: list, tokenizer: Any, rank: int, world: int, 
     from ptr_ray.train.encode import Encoder, EncodeStats, pad_plan, plan_epoch
 
     enc = Encoder(
-        tokenizer, cfg.max_length, cfg.mode, cfg.prompt.refine_instruction,
-        cfg.prompt.system_prompt, cfg.include_sft, cfg.thought_dropout if cfg.mode == "ptr" else 0.0,
+        tokenizer,
+        cfg.max_length,
+        cfg.mode,
+        cfg.prompt.refine_instruction,
+        cfg.prompt.system_prompt,
+        cfg.include_sft,
+        cfg.thought_dropout if cfg.mode == "ptr" else 0.0,
         cfg.seed,
     )
     stats = EncodeStats()
@@ -211,7 +221,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
     t0 = time.time()
     plans, enc_stats = build_plans(cfg, records, tokenizer, rank, world, gas, mbs, all_reduce)
@@ -221,14 +233,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total_steps = min(total_steps, cfg.max_steps)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        log.info("data plan in %.1fs: %s; %d steps (%s per epoch)", time.time() - t0, enc_stats,
-                 total_steps, steps_per_epoch)
-        write_json_atomic(out_dir / "encode_stats.json",
-                          {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-                          indent=1)
+        log.info(
+            "data plan in %.1fs: %s; %d steps (%s per epoch)",
+            time.time() - t0,
+            enc_stats,
+            total_steps,
+            steps_per_epoch,
+        )
+        write_json_atomic(
+            out_dir / "encode_stats.json",
+            {**enc_stats, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+            indent=1,
+        )
         beyond = [n for n in cfg.export_steps if n > total_steps]
         if beyond:
-            log.warning("export_steps %s are past the last step (%d): not exported", beyond, total_steps)
+            log.warning(
+                "export_steps %s are past the last step (%d): not exported", beyond, total_steps
+            )
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation
@@ -245,8 +266,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from ptr_ray.train.lora import count_params
 
         trainable, n_total = count_params(model)
-        log.info("parameters: %d trainable of %d (%.2f%%)%s", trainable, n_total,
-                 100.0 * trainable / n_total, " [LoRA]" if cfg.lora.enabled else "")
+        log.info(
+            "parameters: %d trainable of %d (%.2f%%)%s",
+            trainable,
+            n_total,
+            100.0 * trainable / n_total,
+            " [LoRA]" if cfg.lora.enabled else "",
+        )
 
     opt = cfg.optim
     sched_fn = lr_lambda(opt.warmup_steps, total_steps, opt.schedule, opt.min_lr_ratio)
@@ -259,14 +285,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
         # Only non-empty groups (LoRA adapters are all 2-D): ZeRO drops an empty group, which
         # would leave the scheduler with one lr more than the optimizer has groups.
-        groups = [g for g in ({"params": decay, "weight_decay": opt.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        groups = [
+            g
+            for g in (
+                {"params": decay, "weight_decay": opt.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ]
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched_fn)
         params = None
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg,
-        model_parameters=params, dist_init_required=False,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_cfg,
+        model_parameters=params,
+        dist_init_required=False,
     )
 
     start_step = 0
@@ -297,24 +333,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t_step = time.time()
     for i in range(start_step * gas, total_steps * gas):
         epoch, groups = micro_batches[i]
-        lam = (1.0, 0.0, 0.0) if ce_only else lambdas_at(
-            cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, step)
+        lam = (
+            (1.0, 0.0, 0.0)
+            if ce_only
+            else lambdas_at(cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, step)
+        )
         batch = collate(plans[epoch].episodes, groups, pad_id)
         ids = batch["input_ids"].to(device)
         out = engine(
-            input_ids=ids, position_ids=batch["position_ids"].to(device),
-            output_hidden_states=need_hidden, use_cache=False,  # a cache disables packing masks
+            input_ids=ids,
+            position_ids=batch["position_ids"].to(device),
+            output_hidden_states=need_hidden,
+            use_cache=False,  # a cache disables packing masks
         )
         terms = ptr_loss(
-            out.logits, out.hidden_states[-1] if need_hidden else None, ids,
-            batch["labels"].to(device), batch["turns"], lam, ce_only=ce_only,
+            out.logits,
+            out.hidden_states[-1] if need_hidden else None,
+            ids,
+            batch["labels"].to(device),
+            batch["turns"],
+            lam,
+            ce_only=ce_only,
             confidence=cfg.loss.confidence,
         )
         engine.backward(terms.total)
         engine.step()
         f = terms.floats()
-        acc += torch.tensor([f["loss"], f["loss_ce"], f["loss_consistency"], f["loss_confidence"],
-                             batch["n_tokens"], terms.answer_tokens], dtype=torch.float64)
+        acc += torch.tensor(
+            [
+                f["loss"],
+                f["loss_ce"],
+                f["loss_consistency"],
+                f["loss_confidence"],
+                batch["n_tokens"],
+                terms.answer_tokens,
+            ],
+            dtype=torch.float64,
+        )
         if (i + 1) % gas:
             continue
         step += 1
@@ -322,11 +377,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         red = torch.tensor(all_reduce(acc.tolist(), "sum"), dtype=torch.float64)
         n = gas * world
         metrics = {
-            "step": step, "epoch": epoch, "loss": red[0].item() / n, "loss_ce": red[1].item() / n,
-            "loss_consistency": red[2].item() / n, "loss_confidence": red[3].item() / n,
-            "lambda1": lam[0], "lambda2": lam[1], "lambda3": lam[2],
-            "lr": float(engine.get_lr()[0]), "tokens": int(red[4]), "answer_tokens": int(red[5]),
-            "tokens_per_s": red[4].item() / dt, "step_time_s": dt, "total_steps": total_steps,
+            "step": step,
+            "epoch": epoch,
+            "loss": red[0].item() / n,
+            "loss_ce": red[1].item() / n,
+            "loss_consistency": red[2].item() / n,
+            "loss_confidence": red[3].item() / n,
+            "lambda1": lam[0],
+            "lambda2": lam[1],
+            "lambda3": lam[2],
+            "lr": float(engine.get_lr()[0]),
+            "tokens": int(red[4]),
+            "answer_tokens": int(red[5]),
+            "tokens_per_s": red[4].item() / dt,
+            "step_time_s": dt,
+            "total_steps": total_steps,
         }
         acc.zero_()
         if rank == 0:
@@ -367,12 +432,20 @@ def export_step(engine: Any, cfg: Any, base_model: str, step: int, rank: int) ->
     meta = {"step": step, "mode": cfg.mode, "dataset": cfg.dataset}
     if cfg.lora.enabled:
         meta["lora_merged"] = cfg.lora.model_dump(mode="json")
-    out = export_state_dict(sd, base_model, step_model_dir(cfg.output_dir, step), meta=meta,
-                            lora=cfg.lora if cfg.lora.enabled else None, origin=f"step {step}")
+    out = export_state_dict(
+        sd,
+        base_model,
+        step_model_dir(cfg.output_dir, step),
+        meta=meta,
+        lora=cfg.lora if cfg.lora.enabled else None,
+        origin=f"step {step}",
+    )
     log.info("step %d: exported %s in %.1fs", step, out, time.time() - t0)
 
 
-def _save_and_report(engine: Any, metrics: dict[str, Any], step: int, total: int, rank: int) -> None:
+def _save_and_report(
+    engine: Any, metrics: dict[str, Any], step: int, total: int, rank: int
+) -> None:
     """Save a DeepSpeed checkpoint on every rank and hand it to Ray Train (merged in storage)."""
     import ray.train
     from ray.train import Checkpoint
@@ -381,10 +454,14 @@ def _save_and_report(engine: Any, metrics: dict[str, Any], step: int, total: int
     try:
         engine.save_checkpoint(str(tmp), tag=CKPT_TAG, client_state={"step": step})
         if rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps(
-                {"step": step, "total_steps": total, "done": step >= total, "tag": CKPT_TAG}))
+            (tmp / STATE_FILE).write_text(
+                json.dumps(
+                    {"step": step, "total_steps": total, "done": step >= total, "tag": CKPT_TAG}
+                )
+            )
         ray.train.report(
-            metrics, checkpoint=Checkpoint.from_directory(str(tmp)),
+            metrics,
+            checkpoint=Checkpoint.from_directory(str(tmp)),
             checkpoint_dir_name=f"checkpoint_step{step:07d}",
         )
     finally:

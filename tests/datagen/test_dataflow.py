@@ -19,14 +19,22 @@ from ptr_ray.datagen.dataflow import BuildError, run_build, weak_stages
 from ptr_ray.records import read_records
 
 TOPICS = [
-    "bake sourdough bread with a young starter", "choose a first telescope for planets",
-    "train a puppy to walk on a loose leash", "plan a three day trip to Lisbon in spring",
-    "write a cover letter for a junior data analyst job", "repair a slow leaking bicycle tyre",
-    "explain compound interest to a teenager", "set up a small aquarium for shrimp",
-    "learn basic chords on an acoustic guitar", "reduce food waste in a shared kitchen",
-    "prepare for a first half marathon", "grow basil on a north facing windowsill",
-    "compare SQL joins with a short example", "organise a charity book swap at work",
-    "pick a laptop for video editing under a budget", "start journaling and keep the habit",
+    "bake sourdough bread with a young starter",
+    "choose a first telescope for planets",
+    "train a puppy to walk on a loose leash",
+    "plan a three day trip to Lisbon in spring",
+    "write a cover letter for a junior data analyst job",
+    "repair a slow leaking bicycle tyre",
+    "explain compound interest to a teenager",
+    "set up a small aquarium for shrimp",
+    "learn basic chords on an acoustic guitar",
+    "reduce food waste in a shared kitchen",
+    "prepare for a first half marathon",
+    "grow basil on a north facing windowsill",
+    "compare SQL joins with a short example",
+    "organise a charity book swap at work",
+    "pick a laptop for video editing under a budget",
+    "start journaling and keep the habit",
 ]
 
 
@@ -34,7 +42,12 @@ def write_queries(path: Path, n: int = len(TOPICS), bad: bool = True) -> int:
     """``n`` good queries (plus four broken rows); returns the number of good ones."""
     with open(path, "wb") as f:
         for i, topic in enumerate(TOPICS[:n]):
-            f.write(json.dumps({"instruction": f"How do I {topic}? Please give practical steps."}).encode() + b"\n")
+            f.write(
+                json.dumps(
+                    {"instruction": f"How do I {topic}? Please give practical steps."}
+                ).encode()
+                + b"\n"
+            )
             if bad and i == 2:
                 f.write(b'{"instruction": "torn\n')
                 f.write(b'{"instruction": "caf\xe9 au lait?"}\n')
@@ -43,18 +56,33 @@ def write_queries(path: Path, n: int = len(TOPICS), bad: bool = True) -> int:
     return n
 
 
-def make_cfg(tmp_path: Path, model_dir: Path, backend: str, src: Path, out: Path, **over) -> BuildConfig:
-    engine = {"model": str(model_dir), "backend": backend, "dtype": "float32", "max_model_len": 1024,
-              "kv_cache_gib": 1, "num_cpus": 1}
+def make_cfg(
+    tmp_path: Path, model_dir: Path, backend: str, src: Path, out: Path, **over
+) -> BuildConfig:
+    engine = {
+        "model": str(model_dir),
+        "backend": backend,
+        "dtype": "float32",
+        "max_model_len": 1024,
+        "kv_cache_gib": 1,
+        "num_cpus": 1,
+    }
     data = {
         "sources": [{"kind": "jsonl", "path": str(src), "field": "instruction"}],
         "clean": {"min_tokens": 3, "max_tokens": 300},
         "dedupe": {"threshold": 0.9},
-        "weak": {"models": [engine], "num_thoughts": 2,
-                 "sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 12},
-                 "pool": {"batch_size": 4}},
-        "strong": {"model": engine, "sampling": {"temperature": 0.8, "max_tokens": 12}, "num_icl": 1,
-                   "pool": {"batch_size": 4}},
+        "weak": {
+            "models": [engine],
+            "num_thoughts": 2,
+            "sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 12},
+            "pool": {"batch_size": 4},
+        },
+        "strong": {
+            "model": engine,
+            "sampling": {"temperature": 0.8, "max_tokens": 12},
+            "num_icl": 1,
+            "pool": {"batch_size": 4},
+        },
         "consistency": {"method": "embedding", "threshold": 0.05, "pool": {"batch_size": 8}},
         "sft": {"fraction": 0.2},
         "output": {"path": str(out), "format": "jsonl", "rows_per_shard": 5},
@@ -83,13 +111,21 @@ def check_exactly_once(out: Path, n_good: int) -> tuple[list, list]:
 def test_weak_stage_plan():
     one = BuildConfig.model_validate({"weak": {"num_thoughts": 3}})
     assert [(e.model, r) for e, r in weak_stages(one)] == [("builtin:smollm2-135m", 3)]
-    two = BuildConfig.model_validate({"weak": {"num_thoughts": 3, "models": [{"model": "a"}, {"model": "b"}]}})
+    two = BuildConfig.model_validate(
+        {"weak": {"num_thoughts": 3, "models": [{"model": "a"}, {"model": "b"}]}}
+    )
     assert [(e.model, r) for e, r in weak_stages(two)] == [("a", 1), ("b", 1), ("a", 1)]
 
 
 def test_cli_reports_bad_source_in_one_line(tmp_path, tiny_model_dir, capsys):
-    rc = cli_main(["build", f"weak.models=[{{model: {tiny_model_dir}}}]",
-                   "sources=[{kind: jsonl, path: /nonexistent/q.jsonl}]", f"output.path={tmp_path / 'o'}"])
+    rc = cli_main(
+        [
+            "build",
+            f"weak.models=[{{model: {tiny_model_dir}}}]",
+            "sources=[{kind: jsonl, path: /nonexistent/q.jsonl}]",
+            f"output.path={tmp_path / 'o'}",
+        ]
+    )
     assert rc == 2
     assert "query file not found: /nonexistent/q.jsonl" in capsys.readouterr().err
 
@@ -161,8 +197,11 @@ class ActorKiller(threading.Thread):
         deadline = time.monotonic() + self.timeout_s
         seen: float | None = None
         while not self._halt.is_set() and time.monotonic() < deadline:
-            alive = [a for a in ray._private.state.actors(actor_state_name="ALIVE").values()
-                     if self.name in a["ActorClassName"] and a["Pid"]]
+            alive = [
+                a
+                for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+                if self.name in a["ActorClassName"] and a["Pid"]
+            ]
             if not alive:
                 time.sleep(0.05)
                 continue
@@ -178,8 +217,13 @@ class ActorKiller(threading.Thread):
             busy = _tree_cpu_s(tree) - before
             if busy >= 0.03:  # generating, not idle
                 os.kill(proc.pid, signal.SIGKILL)
-                self.kill = Kill(actor["ActorID"], proc.pid, tuple(c.pid for c in tree[1:]),
-                                 time.monotonic() - seen, busy)
+                self.kill = Kill(
+                    actor["ActorID"],
+                    proc.pid,
+                    tuple(c.pid for c in tree[1:]),
+                    time.monotonic() - seen,
+                    busy,
+                )
                 return
 
 
@@ -199,14 +243,22 @@ def _reap(pids: tuple[int, ...], timeout_s: float = 30.0) -> None:
 
 
 @pytest.mark.integration
-def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny_model_dir, tmp_path):
+def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(
+    ray_local, tiny_model_dir, tmp_path
+):
     import ray
 
     src, out = tmp_path / "q.jsonl", tmp_path / "out"
     n_good = write_queries(src)
     # 48-token thoughts: each weak batch generates long enough for the killer to catch it
-    cfg = make_cfg(tmp_path, tiny_model_dir, "vllm", src, out, weak={
-        "sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 48}})
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "vllm",
+        src,
+        out,
+        weak={"sampling": {"temperature": 0.95, "top_p": 0.9, "top_k": 30, "max_tokens": 48}},
+    )
     killer = ActorKiller("WeakThoughts")
     killer.start()
     try:
@@ -237,8 +289,12 @@ def test_vllm_build_survives_killed_actor_and_rerun_adds_nothing(ray_local, tiny
     stats = json.loads((out / "stats.json").read_text())
     assert stats["balanced"] and stats["rows_in"] == n_good + 4
     assert stats["rows_out"] == len(records)
-    assert stats["dropped_by_stage"]["read"] == {"malformed_json": 1, "not_utf8": 1, "missing_field": 1,
-                                                 "empty_query": 1}
+    assert stats["dropped_by_stage"]["read"] == {
+        "malformed_json": 1,
+        "not_utf8": 1,
+        "missing_field": 1,
+        "empty_query": 1,
+    }
     assert stats["tokens"]["weak"][str(tiny_model_dir)]["generated"] > 0
     assert stats["tokens"]["strong"][str(tiny_model_dir)]["generated"] > 0
     assert stats["wall_time_s"]["weak_busy"] > 0 and stats["wall_time_s"]["strong_busy"] > 0
@@ -263,8 +319,15 @@ def test_resume_processes_only_new_queries(ray_local, tiny_model_dir, tmp_path):
     src, out = tmp_path / "q.jsonl", tmp_path / "out"
     write_queries(src, bad=False)
     base = dict(output={"format": "parquet"}, consistency={"method": "none"}, sft={"fraction": 0.0})
-    cfg1 = make_cfg(tmp_path, tiny_model_dir, "hf", src, out, sources=[
-        {"kind": "jsonl", "path": str(src), "field": "instruction", "limit": 6}], **base)
+    cfg1 = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "hf",
+        src,
+        out,
+        sources=[{"kind": "jsonl", "path": str(src), "field": "instruction", "limit": 6}],
+        **base,
+    )
     run_build(cfg1)
     first = {r.id for r in read_records(out)}
     cfg2 = make_cfg(tmp_path, tiny_model_dir, "hf", src, out, **base)
@@ -272,7 +335,10 @@ def test_resume_processes_only_new_queries(ray_local, tiny_model_dir, tmp_path):
     records, _ = check_exactly_once(out, len(TOPICS))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["skipped_existing"] == len(first) + sum(
-        1 for e in read_rejects(out) if e["stage"] == "generate" and e["run"] == stats["previous_runs"][0]["run_id"])
+        1
+        for e in read_rejects(out)
+        if e["stage"] == "generate" and e["run"] == stats["previous_runs"][0]["run_id"]
+    )
     assert stats["rows_in"] == len(TOPICS) and stats["balanced"]
     assert all(p.suffix == ".parquet" for p in (out / "data").iterdir())
     assert {r.id for r in records} >= first
@@ -289,38 +355,74 @@ def test_reference_answers_are_explicit_and_named():
     with pytest.raises(ValidationError, match="strong.source=references needs reference answers"):
         BuildConfig.model_validate({"strong": {"source": "references"}})
     with pytest.raises(ValidationError, match=r"\['q.jsonl'\]"):
-        BuildConfig.model_validate({"strong": {"source": "references"},
-                                    "sources": [{"kind": "synthetic", "limit": 3},
-                                                {"kind": "jsonl", "path": "q.jsonl"}]})
-    cfg = BuildConfig.model_validate({
-        "strong": {"source": "references", "model": {"num_cpus": 7}},
-        "sources": [{"kind": "synthetic", "limit": 3}, {"kind": "jsonl", "path": "q.jsonl", "answer_field": "a"}]})
+        BuildConfig.model_validate(
+            {
+                "strong": {"source": "references"},
+                "sources": [
+                    {"kind": "synthetic", "limit": 3},
+                    {"kind": "jsonl", "path": "q.jsonl"},
+                ],
+            }
+        )
+    cfg = BuildConfig.model_validate(
+        {
+            "strong": {"source": "references", "model": {"num_cpus": 7}},
+            "sources": [
+                {"kind": "synthetic", "limit": 3},
+                {"kind": "jsonl", "path": "q.jsonl", "answer_field": "a"},
+            ],
+        }
+    )
     model_cfg = BuildConfig.model_validate({"strong": {"model": {"num_cpus": 7}}})
     assert cpus_needed(model_cfg) - cpus_needed(cfg) == 7
-    row = new_row(id="a" * 16, query="What is 2 + 3?", kind="ptr", source="synthetic", thoughts=["5", "6"],
-                  ref_answer="2 + 3 = 5. The answer is 5.", answer="2 + 3 = 5. The answer is 5.",
-                  weak_tokens=[1, 1], weak_finish=["stop", "stop"])
+    row = new_row(
+        id="a" * 16,
+        query="What is 2 + 3?",
+        kind="ptr",
+        source="synthetic",
+        thoughts=["5", "6"],
+        ref_answer="2 + 3 = 5. The answer is 5.",
+        answer="2 + 3 = 5. The answer is 5.",
+        weak_tokens=[1, 1],
+        weak_finish=["stop", "stop"],
+    )
     rec = to_record(row, cfg, "run1")
-    assert rec["strong_model"] == "references:synthetic" and rec["meta"]["answer_from"] == "reference"
+    assert (
+        rec["strong_model"] == "references:synthetic" and rec["meta"]["answer_from"] == "reference"
+    )
     assert "icl_examples" not in rec["meta"] and "strong_tokens" not in rec["meta"]
     assert to_record(row, model_cfg, "run1")["strong_model"] == model_cfg.strong.model.model
-    assert strong_answers_label(cfg, {"synthetic", "q.jsonl"}) == "references:q.jsonl,references:synthetic"
+    assert (
+        strong_answers_label(cfg, {"synthetic", "q.jsonl"})
+        == "references:q.jsonl,references:synthetic"
+    )
     assert strong_answers_label(model_cfg, {"x"}) == model_cfg.strong.model.model
 
 
 @pytest.mark.integration
-def test_reference_build_on_synthetic_queries_starts_no_strong_engine(ray_local, tiny_model_dir, tmp_path):
+def test_reference_build_on_synthetic_queries_starts_no_strong_engine(
+    ray_local, tiny_model_dir, tmp_path
+):
     """Synthetic arithmetic queries, independent weak thoughts, reference answers: the strong
     model does not exist, so the build finishing proves no strong engine was started."""
     from ptr_ray.data import synthetic
 
     out = tmp_path / "out"
-    cfg = make_cfg(tmp_path, tiny_model_dir, "hf", tmp_path / "unused.jsonl", out,
-                   sources=[{"kind": "synthetic", "limit": 6}], seed=3,
-                   weak={"thought_mode": "independent"}, dedupe={"near": False},
-                   strong={"source": "references", "model": {"model": str(tmp_path / "no-such-model")}},
-                   consistency={"method": "none"}, sft={"fraction": 0.3},
-                   decontaminate={"tasks": ["arith"]})
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "hf",
+        tmp_path / "unused.jsonl",
+        out,
+        sources=[{"kind": "synthetic", "limit": 6}],
+        seed=3,
+        weak={"thought_mode": "independent"},
+        dedupe={"near": False},
+        strong={"source": "references", "model": {"model": str(tmp_path / "no-such-model")}},
+        consistency={"method": "none"},
+        sft={"fraction": 0.3},
+        decontaminate={"tasks": ["arith"]},
+    )
     run_build(cfg)
     solutions = {p.question: p.solution for p in synthetic.generate("train", 6, seed=3)}
     records = read_records(out)
@@ -331,7 +433,9 @@ def test_reference_build_on_synthetic_queries_starts_no_strong_engine(ray_local,
         assert len(r.thoughts) == (2 if r.kind == "ptr" else 0)
     assert {r.kind for r in records} == {"ptr", "sft"}
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["strong_source"] == "references" and stats["strong_answers"] == "references:synthetic"
+    assert (
+        stats["strong_source"] == "references" and stats["strong_answers"] == "references:synthetic"
+    )
     assert stats["weak_thought_mode"] == "independent"
     assert "strong" not in stats["tokens"] and stats["wall_time_s"]["strong_busy"] == 0
     assert stats["balanced"] and stats["rows_out"] == 6

@@ -21,7 +21,9 @@ from ptr_ray.train.worker import step_model_dir
 
 
 def test_export_steps_config():
-    cfg = load_config(TrainConfig, None, ["dataset=d", "output_dir=o", "export_steps=[40, 10, 10, 20]"])
+    cfg = load_config(
+        TrainConfig, None, ["dataset=d", "output_dir=o", "export_steps=[40, 10, 10, 20]"]
+    )
     assert cfg.export_steps == [10, 20, 40]
     assert load_config(TrainConfig, None, ["dataset=d", "output_dir=o"]).export_steps == []
     with pytest.raises(ConfigError, match="export_steps must be optimizer steps >= 1"):
@@ -61,15 +63,22 @@ def test_export_state_dict_writes_the_final_export_layout(tiny_model_dir, tmp_pa
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     out = export_state_dict(sd, tiny_model_dir, step_model_dir(tmp_path, 3), meta={"step": 3})
     assert out == tmp_path / "models" / "step-3"
-    for name in ("model.safetensors", "config.json", "tokenizer_config.json", "generation_config.json",
-                 COMPLETE):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        COMPLETE,
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "ptr_ray_export.json").read_text())["step"] == 3
     saved = load_file(out / "model.safetensors")
     for k, v in saved.items():
         assert v.dtype == torch.bfloat16 and torch.equal(v, sd[k].to(torch.bfloat16)), k
     with pytest.raises(RuntimeError, match="step 3 does not match"):
-        export_state_dict({"nope": torch.zeros(1)}, tiny_model_dir, tmp_path / "bad", origin="step 3")
+        export_state_dict(
+            {"nope": torch.zeros(1)}, tiny_model_dir, tmp_path / "bad", origin="step 3"
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -107,7 +116,11 @@ def test_zero3_live_state_dict_gathers_the_partitioned_weights(tiny_model_dir, t
         port = s.getsockname()[1]
     script = tmp_path / "zero3.py"
     script.write_text(_ZERO3_SCRIPT)
-    res = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(port)],
-                         capture_output=True, text=True, timeout=600,
-                         cwd=Path(__file__).resolve().parents[2])
+    res = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert res.returncode == 0 and "GATHERED" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]

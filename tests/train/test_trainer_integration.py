@@ -24,12 +24,24 @@ FIXTURE = ROOT / "tests" / "fixtures" / "ptr_small"
 
 def _cfg(model: Path, out: Path, **over) -> TrainConfig:
     base = [
-        f"model={model}", f"dataset={FIXTURE}", f"output_dir={out}", "max_length=512",
-        "epochs=2", "max_steps=6", "checkpoint_every=2", "keep_checkpoints=5", "progress=false",
-        "optim.lr=1e-3", "optim.warmup_steps=1", "loss.schedule=constant",
+        f"model={model}",
+        f"dataset={FIXTURE}",
+        f"output_dir={out}",
+        "max_length=512",
+        "epochs=2",
+        "max_steps=6",
+        "checkpoint_every=2",
+        "keep_checkpoints=5",
+        "progress=false",
+        "optim.lr=1e-3",
+        "optim.warmup_steps=1",
+        "loss.schedule=constant",
     ]
-    return load_config(TrainConfig, ROOT / "jobs" / "configs" / "train_local.yaml",
-                       base + [f"{k}={v}" for k, v in over.items()])
+    return load_config(
+        TrainConfig,
+        ROOT / "jobs" / "configs" / "train_local.yaml",
+        base + [f"{k}={v}" for k, v in over.items()],
+    )
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -37,7 +49,8 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
-        ray_local, tiny_model_dir, tmp_path, kill_rank_zero):
+    ray_local, tiny_model_dir, tmp_path, kill_rank_zero
+):
     from ptr_ray.train.trainer import run_train
 
     out = tmp_path / "run"
@@ -62,14 +75,25 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
     assert after["loss"] == pytest.approx(before["loss"], rel=1e-4)
     assert after["lr"] == pytest.approx(before["lr"])
     for r in rows:
-        assert {"loss_ce", "loss_consistency", "loss_confidence", "tokens_per_s", "step_time_s"} <= r.keys()
+        assert {
+            "loss_ce",
+            "loss_consistency",
+            "loss_confidence",
+            "tokens_per_s",
+            "step_time_s",
+        } <= r.keys()
     assert rows[-1]["loss_ce"] < rows[0]["loss_ce"]  # it learns
     stats = json.loads((out / "encode_stats.json").read_text())
     assert stats["episodes"] == 24 and stats["total_steps"] == 6
 
     # export: bf16 safetensors + tokenizer + chat template + generation config, vLLM loads it
     assert model_dir == out / "model"
-    for name in ("model.safetensors", "config.json", "tokenizer_config.json", "generation_config.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         assert (model_dir / name).is_file(), name
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
@@ -79,8 +103,9 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
     eng = VLLMEngine(EngineConfig(model=str(model_dir), max_model_len=512, max_num_seqs=4))
     try:
         assert eng.tokenizer.chat_template
-        gen = eng.generate([[{"role": "user", "content": "What is 2 + 3?"}]],
-                           SamplingConfig(max_tokens=8))
+        gen = eng.generate(
+            [[{"role": "user", "content": "What is 2 + 3?"}]], SamplingConfig(max_tokens=8)
+        )
         assert gen[0].completions[0].tokens > 0
     finally:
         eng.close()
@@ -100,7 +125,9 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
     assert sorted(p.name for p in (out / "models").iterdir()) == ["step-1", "step-6"]
 
 
-def test_second_run_on_same_output_folder_resumes(ray_local, tiny_model_dir, tmp_path, kill_rank_zero):
+def test_second_run_on_same_output_folder_resumes(
+    ray_local, tiny_model_dir, tmp_path, kill_rank_zero
+):
     from ptr_ray.train.trainer import run_train
 
     out = tmp_path / "run"
@@ -120,5 +147,7 @@ def test_second_run_on_same_output_folder_resumes(ray_local, tiny_model_dir, tmp
     rows = [r["step"] for r in _metrics(out)]
     # the second run goes on right after that checkpoint (typically c=2, m=3: 1,2,3,3,4,5,6)
     assert rows == first + list(range(c + 1, 7))
-    state = json.loads(next((out / "ray" / "train").glob("checkpoint_step0000006/train_state.json")).read_text())
+    state = json.loads(
+        next((out / "ray" / "train").glob("checkpoint_step0000006/train_state.json")).read_text()
+    )
     assert state == {"step": 6, "total_steps": 6, "done": True, "tag": "ds"}
