@@ -129,11 +129,15 @@ class HeldoutConfig(StrictModel):
 
 
 class EmergenceConfig(StrictModel):
-    """Evaluate the PTR run's checkpoints at these steps round by round (when does refinement
-    appear during training). Needs per-step model export, which training does not do yet."""
+    """Evaluate the PTR run's models at these training steps round by round (the paper's
+    Figure 2: when does refinement appear?). The run exports ``models/step-<N>/`` for each
+    step (``TrainConfig.export_steps``); the base model is step 0."""
 
     enabled: bool = False
     steps: list[int] = Field(default_factory=list, description="optimizer steps to evaluate")
+    mode: Mode = Field("ptr", description="which training run's steps to evaluate")
+    tasks: list[str] | None = Field(None, description="tasks to evaluate (None = every task)")
+    limit: int | None = Field(None, ge=1, description="items per task (None = eval.limit)")
 
     @field_validator("steps")
     @classmethod
@@ -141,6 +145,12 @@ class EmergenceConfig(StrictModel):
         if any(s < 1 for s in v):
             raise ValueError("steps must be >= 1")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _steps_when_enabled(self) -> EmergenceConfig:
+        if self.enabled and not self.steps:
+            raise ValueError("emergence.enabled needs emergence.steps (training steps to export)")
+        return self
 
 
 def _default_modes() -> list[Mode]:
@@ -245,6 +255,11 @@ class ExperimentConfig(StrictModel):
         ):
             raise ValueError(f"heldout.task {self.heldout.task!r} clashes with an eval task")
         self._check_hypotheses()
+        if self.emergence.enabled and self.emergence.mode not in self.modes:
+            raise ValueError(f"emergence.mode {self.emergence.mode!r} is not among modes")
+        unknown_em = [t for t in self.emergence.tasks or [] if t not in self.task_names]
+        if unknown_em:
+            raise ValueError(f"emergence.tasks names unknown task(s) {unknown_em}")
         unknown_rob = [t for t in self.robustness_tasks or [] if t not in self.task_names]
         if unknown_rob:
             raise ValueError(f"robustness_tasks names unknown task(s) {unknown_rob}")

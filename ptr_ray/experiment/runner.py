@@ -10,9 +10,11 @@ Layout of ``output_dir``::
     dataset/            the built dataset (absent when ``dataset`` names an existing one)
     dataset-train/      the training split (what both training runs read) + split.json
     heldout.jsonl       the held-out items as an eval task (query -> strong answer)
-    train-ptr/ train-ift/
+    train-ptr/ train-ift/     (train-ptr/models/step-<N>/ with emergence.enabled)
     eval/instruction-1/ ... one evaluation per refine instruction (1 = primary)
+    eval/emergence/         the step models, round by round (emergence.enabled)
     report.md accuracy_by_round.png items.csv hypotheses.json config.yaml
+    emergence.csv emergence.png   (emergence.enabled)
 
 Resumable like ``ptr-ray run``: a finished stage whose saved config matches is reused (the
 split is rewritten only when its content changes, and then old training runs are set aside);
@@ -37,6 +39,13 @@ from ptr_ray.config import (
 )
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.experiment.analysis import analyse
+from ptr_ray.experiment.emergence import (
+    EmergencePoint,
+    emergence_eval_config,
+    emergence_points,
+    markdown_section,
+    write_emergence,
+)
 from ptr_ray.experiment.report import InstructionRun, write_experiment_report
 from ptr_ray.fsutil import atomic_dir, atomic_write
 from ptr_ray.pipeline import dataset_finished, same_config
@@ -50,15 +59,6 @@ HELDOUT_FILE = "heldout.jsonl"
 
 class ExperimentError(PtrRayValueError):
     """An experiment that cannot run as configured; the message says why in one line."""
-
-
-def check_supported(cfg: ExperimentConfig) -> None:
-    """Options defined in the config that this version cannot run yet fail before any work."""
-    if cfg.emergence.enabled:
-        raise ExperimentError(
-            "emergence.enabled needs the PTR run to export a model at each of emergence.steps; "
-            "ptr-ray train exports only the final model so far. Set emergence.enabled=false."
-        )
 
 
 def _stage(n: int, total: int, name: str) -> None:
@@ -180,12 +180,14 @@ def train_models(cfg: ExperimentConfig, root: Path, split_changed: bool) -> dict
     models: dict[str, str] = {}
     for mode in cfg.modes:
         tcfg = cfg.train_config(mode)
-        tcfg = tcfg.model_copy(
-            update={
-                "dataset": str(root / "dataset-train"),
-                "output_dir": str(root / f"train-{mode}"),
-            }
-        )
+        update: dict[str, object] = {
+            "dataset": str(root / "dataset-train"),
+            "output_dir": str(root / f"train-{mode}"),
+        }
+        if cfg.emergence.enabled and mode == cfg.emergence.mode:
+            # The emergence curve's models (models/step-<N>/), written as training passes them.
+            update["export_steps"] = sorted(set(tcfg.export_steps) | set(cfg.emergence.steps))
+        tcfg = tcfg.model_copy(update=update)
         out = Path(tcfg.output_dir)
         if split_changed and out.exists():
             # Checkpoints of a run on other data must not be resumed on the new split.
@@ -272,6 +274,26 @@ def evaluate_all(
     return runs
 
 
+def evaluate_emergence(
+    cfg: ExperimentConfig, root: Path, models: dict[str, str], heldout: Path | None
+) -> list[EmergencePoint]:
+    """The exported step models of the emergence run, round by round (descriptive)."""
+    from ptr_ray.eval.runner import run_eval
+
+    run_dir = root / f"train-{cfg.emergence.mode}"
+    missing = [s for s in cfg.emergence.steps if not (run_dir / "models" / f"step-{s}").is_dir()]
+    if missing:
+        raise ExperimentError(
+            f"emergence: {run_dir} has no exported model for step(s) {missing}; "
+            "a step beyond the run's last step is never reached (lower emergence.steps)"
+        )
+    primary = eval_config(cfg, root, models, heldout, 0)
+    log.info(
+        "emergence: evaluating steps %s of the %s run", cfg.emergence.steps, cfg.emergence.mode
+    )
+    return emergence_points(run_eval(emergence_eval_config(cfg, primary, run_dir)))
+
+
 def synthetic_notes(cfg: ExperimentConfig, dataset: Path, heldout: Path | None) -> list[str]:
     """What a reader must know about where the items and references come from."""
     source = (
@@ -309,7 +331,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, str]:
     """Run (or resume) the whole experiment; returns the paths a user looks at next."""
     from ptr_ray.ray_utils import ray_session
 
-    check_supported(cfg)
     t0 = time.time()
     root = Path(cfg.output_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -335,11 +356,18 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, str]:
             f"{len(cfg.refine_instructions)} refine instruction(s)",
         )
         runs = evaluate_all(cfg, root, models, heldout)
+        emergence = None
+        if cfg.emergence.enabled:
+            emergence = evaluate_emergence(cfg, root, models, heldout)
         timings["eval"] = time.time() - t
     _stage(5, total, "paired tests and report")
     paths = write_experiment_report(
         cfg, runs, root, synthetic_notes(cfg, dataset, heldout), plot=cfg.eval.plot
     )
+    if emergence:
+        paths.update(write_emergence(emergence, root, plot=cfg.eval.plot))
+        report_md = Path(paths["markdown"])
+        atomic_write(report_md, report_md.read_text() + "\n" + markdown_section(emergence) + "\n")
     timings["total"] = time.time() - t0
     atomic_write(root / "timings.json", json.dumps(timings, indent=2))
     print(f"\nExperiment finished in {timings['total'] / 60:.1f} min.")

@@ -100,12 +100,23 @@ def test_experiment_config_checks():
     assert tcfg.dataset.endswith("dataset-train") and tcfg.mode == "ptr"
 
 
-def test_emergence_is_refused_until_training_exports_steps():
-    from ptr_ray.experiment.runner import ExperimentError, check_supported
-
-    cfg = load_config(ExperimentConfig, None, ["emergence.enabled=true", "emergence.steps=[10]"])
-    with pytest.raises(ExperimentError, match="exports only the final model"):
-        check_supported(cfg)
+def test_emergence_config_checks():
+    with pytest.raises(ConfigError, match="needs emergence.steps"):
+        load_config(ExperimentConfig, None, ["emergence.enabled=true"])
+    with pytest.raises(ConfigError, match="emergence.mode 'ift' is not among modes"):
+        load_config(
+            ExperimentConfig,
+            None,
+            [
+                "emergence.enabled=true",
+                "emergence.steps=[5]",
+                "emergence.mode=ift",
+                "modes=[ptr]",
+                "hypotheses=[]",
+            ],
+        )
+    with pytest.raises(ConfigError, match="emergence.tasks names unknown"):
+        load_config(ExperimentConfig, None, ["emergence.tasks=[nope]"])
 
 
 def test_shipped_experiment_config_loads():

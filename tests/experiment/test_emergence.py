@@ -1,0 +1,88 @@
+"""Emergence (Figure 2 analogue): step models evaluated round by round, tabled and plotted."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from ptr_ray.config import ExperimentConfig, load_config
+from ptr_ray.eval.report import EvalReport
+from ptr_ray.experiment import emergence, runner
+from ptr_ray.experiment.runner import ExperimentError
+
+
+def _cfg(tmp_path: Path, *over: str) -> ExperimentConfig:
+    return load_config(
+        ExperimentConfig,
+        None,
+        [f"output_dir={tmp_path / 'exp'}", "eval.tasks=[arc_easy, arith]", "eval.limit=50", *over],
+    )
+
+
+def test_eval_config_has_base_as_step_zero_and_the_step_models(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        "emergence.enabled=true",
+        "emergence.steps=[20, 10]",
+        "emergence.tasks=[arith]",
+        "emergence.limit=9",
+    )
+    root = Path(cfg.output_dir)
+    primary = runner.eval_config(cfg, root, {"ptr": "/m/ptr", "ift": "/m/ift"}, None, 0)
+    ecfg = emergence.emergence_eval_config(cfg, primary, root / "train-ptr")
+    assert [(m.name, m.model) for m in ecfg.methods] == [
+        ("step-0", cfg.base_model),
+        ("step-10", str(root / "train-ptr" / "models" / "step-10")),
+        ("step-20", str(root / "train-ptr" / "models" / "step-20")),
+    ]
+    assert ecfg.tasks == ["arith"] and ecfg.limit == 9
+    assert ecfg.output_dir == str(root / "eval" / "emergence")
+    assert ecfg.prompt.refine_instruction == cfg.refine_instructions[0]
+
+
+def test_training_exports_the_emergence_steps(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3, 6]")
+    seen = {}
+
+    def fake_train(tcfg):
+        seen[tcfg.mode] = list(tcfg.export_steps)
+        model = Path(tcfg.output_dir) / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+
+    monkeypatch.setattr("ptr_ray.train.trainer.run_train", fake_train)
+    runner.train_models(cfg, Path(cfg.output_dir), split_changed=False)
+    assert seen == {"ptr": [3, 6], "ift": []}
+
+
+def test_missing_step_models_are_a_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3]")
+    with pytest.raises(ExperimentError, match=r"no exported model for step\(s\) \[3\]"):
+        runner.evaluate_emergence(cfg, Path(cfg.output_dir), {"ptr": "p", "ift": "i"}, None)
+
+
+def test_points_table_and_plot(tmp_path, make_task_result):
+    report = EvalReport(
+        [
+            make_task_result("step-0", "arc", [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]),
+            make_task_result("step-10", "arc", [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]),
+        ],
+        rounds=3,
+    )
+    points = emergence.emergence_points(report)
+    assert [(p.step, p.round, p.value) for p in points] == [
+        (0, 1, 0.25),
+        (0, 2, 0.25),
+        (0, 3, 0.25),
+        (10, 1, 0.25),
+        (10, 2, 0.5),
+        (10, 3, 0.75),
+    ]
+    md = emergence.markdown_section(points)
+    assert "| 10 | 0.250" in md and "0.750 [" in md and "round 3" in md
+    paths = emergence.write_emergence(points, tmp_path)
+    rows = list(csv.DictReader(open(paths["emergence_csv"])))
+    assert len(rows) == 6 and rows[-1]["step"] == "10" and float(rows[-1]["value"]) == 0.75
+    assert paths["emergence_png"].stat().st_size > 1000
