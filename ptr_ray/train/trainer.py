@@ -68,7 +68,7 @@ def check_inputs(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
     info = check_dataset(tokenizer, records, cfg)
     if cfg.scaling.use_gpu is False and cfg.attn_implementation == "flash_attention_2":
         raise ConfigError("attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
-    from ptr_ray.train.worker import deepspeed_config
+    from ptr_ray.train.ds_config import deepspeed_config
 
     deepspeed_config(
         cfg, cfg.scaling.num_workers

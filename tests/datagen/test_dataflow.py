@@ -15,7 +15,8 @@ from filelock import FileLock
 
 from ptr_ray.cli import main as cli_main
 from ptr_ray.config import BuildConfig
-from ptr_ray.datagen.dataflow import BuildError, run_build, weak_stages
+from ptr_ray.datagen.dataflow import BuildError, run_build
+from ptr_ray.datagen.results import weak_stages
 from ptr_ray.records import read_records
 
 TOPICS = [
@@ -349,7 +350,8 @@ def test_reference_answers_are_explicit_and_named():
     once; records and stats name ``references:<source>``; no strong pool is sized."""
     from pydantic import ValidationError
 
-    from ptr_ray.datagen.dataflow import cpus_needed, strong_answers_label, to_record
+    from ptr_ray.datagen.dataflow import cpus_needed
+    from ptr_ray.datagen.results import strong_answers_label, to_record
     from ptr_ray.datagen.rows import new_row
 
     with pytest.raises(ValidationError, match="strong.source=references needs reference answers"):
