@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from ptr_ray.data.benchmarks import words
 from ptr_ray.errors import PtrRayValueError
@@ -58,7 +59,7 @@ class NgramDecontaminator:
             elif len(toks) >= self.min_words:
                 hashes.append(_hash(toks))
                 lengths.add(len(toks))
-        self._table = np.unique(np.asarray(hashes, dtype=np.uint64))
+        self._table: npt.NDArray[np.uint64] = np.unique(np.asarray(hashes, dtype=np.uint64))
         self._lengths = sorted(lengths)
 
     def __len__(self) -> int:
@@ -83,7 +84,7 @@ class NgramDecontaminator:
         grams = self._grams(words(text))
         if not grams:
             return None
-        q = np.asarray(grams, dtype=np.uint64)
-        idx = np.searchsorted(self._table, q)
+        q: npt.NDArray[np.uint64] = np.asarray(grams, dtype=np.uint64)
+        idx: npt.NDArray[np.intp] = np.searchsorted(self._table, q)
         idx[idx == self._table.size] = 0
         return "ngram" if bool(np.any(self._table[idx] == q)) else None

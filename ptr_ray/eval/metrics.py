@@ -125,9 +125,9 @@ def _first_mention(t: str, n: int, choices: Sequence[str]) -> str | None:
         o = str(opt).strip().lower().rstrip(".")
         if len(o) < 2:
             continue
-        m = re.search(rf"(?<![a-z0-9]){re.escape(o)}(?![a-z0-9])", low)
-        if m:
-            cands.append((m.start(), -len(o), LETTERS[i]))
+        hit = re.search(rf"(?<![a-z0-9]){re.escape(o)}(?![a-z0-9])", low)
+        if hit:
+            cands.append((hit.start(), -len(o), LETTERS[i]))
     return min(cands)[2] if cands else None
 
 

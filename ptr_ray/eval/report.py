@@ -288,10 +288,10 @@ def write_report(report: EvalReport, out_dir: str | Path, plot: bool = True) -> 
     summary = report.summary()
     fields = list(SummaryRow.__dataclass_fields__)
     with open(paths["summary_csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
+        dw = csv.DictWriter(f, fieldnames=fields)
+        dw.writeheader()
         for s in summary:
-            w.writerow(asdict(s))
+            dw.writerow(asdict(s))
     with open(paths["items_csv"], "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         metric_cols = list(dict.fromkeys(m for r in report.results for m in r.metrics))

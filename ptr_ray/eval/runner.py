@@ -292,14 +292,15 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     """Run :func:`evaluate` inside one Ray task holding the engines' CPUs/GPUs (cluster jobs)."""
     import ray
 
-    assert cfg.ray is not None
+    ray_cfg = cfg.ray
+    assert ray_cfg is not None
     from ptr_ray.ray_utils import ray_session
 
     gpus = max(m.engine.get("num_gpus", cfg.engine.num_gpus) for m in cfg.methods)
     cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
-    if cfg.ray.address == "local":  # a local worker's cwd need not be ours
+    if ray_cfg.address == "local":  # a local worker's cwd need not be ours
         cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
-    with ray_session(cfg.ray):  # the pipeline's instance if it runs one, else our own
+    with ray_session(ray_cfg):  # the pipeline's instance if it runs one, else our own
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate)
         log.info("evaluating inside a Ray task (num_cpus=%s, num_gpus=%s)", cpus, gpus)
         return ray.get(remote.remote(cfg))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -188,7 +189,9 @@ def run_test(
     kind = metric_kind(metric, xa, xb)
     # The tested side comes first: "b > a" swaps the arms for the one-sided test.
     first, second = (xa, xb) if tested == "a > b" else (xb, xa)
-    base = dict(
+    # The fields every outcome of this test shares; each return below adds its own.
+    row = partial(
+        VerdictRow,
         hypothesis=h.id,
         statement=h.statement,
         relation=h.relation,
@@ -204,8 +207,7 @@ def run_test(
         mean_b=float(xb.mean()) if len(xb) else float("nan"),
     )
     if len(xa) == 0:
-        return VerdictRow(
-            **base,
+        return row(
             test="none (no paired items)",
             statistic=float("nan"),
             statistic_name="",
@@ -220,8 +222,7 @@ def run_test(
         won, lost = (table.b, table.c) if tested == "a > b" else (table.c, table.b)
         mc = stats.mcnemar_exact(won, lost, "greater")
         eff = stats.paired_diff_proportions(table)
-        return VerdictRow(
-            **base,
+        return row(
             test=f"exact McNemar, one-sided {tested}",
             statistic=mc.statistic,
             statistic_name="discordant pairs won by the tested side",
@@ -241,8 +242,7 @@ def run_test(
     else:
         draws = "exact" if res.exact else f"{n_boot} draws"
         name = f"sign-flip permutation of the mean ({draws}), one-sided {tested}"
-    return VerdictRow(
-        **base,
+    return row(
         test=name,
         statistic=res.mean_diff,
         statistic_name="mean difference (tested side - other)",

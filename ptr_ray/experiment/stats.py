@@ -42,21 +42,24 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from ptr_ray.errors import PtrRayValueError
 
 Alternative = Literal["greater", "less", "two-sided"]
 CONFIDENCE = 0.95
+# Per-item scores or differences: a list, or the float arrays the analysis pairs them into.
+Scores: TypeAlias = Sequence[float] | np.ndarray
 
 
 class StatsError(PtrRayValueError):
     """Scores that cannot be compared as given (unequal lengths, non-binary for McNemar)."""
 
 
-def _pair(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise StatsError(f"paired scores need two equal-length lists (got {x.shape} and {y.shape})")
@@ -85,7 +88,7 @@ class Discordance:
         return self.both + self.b + self.c + self.neither
 
 
-def discordance(a: Sequence[float], b: Sequence[float]) -> Discordance:
+def discordance(a: Scores, b: Scores) -> Discordance:
     """Count the four cells of paired 0/1 scores (A's score first)."""
     x, y = _pair(a, b)
     if not (np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()):
@@ -199,7 +202,7 @@ class PairedMeanResult:
         )
 
 
-def bootstrap_means(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0) -> np.ndarray:
+def bootstrap_means(diffs: Scores, n_boot: int = 10000, seed: int = 0) -> np.ndarray:
     """Means of ``n_boot`` resamples of the paired differences (items drawn with replacement)."""
     d = np.asarray(diffs, dtype=float)
     if d.size == 0:
@@ -209,15 +212,20 @@ def bootstrap_means(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0) 
 
 
 def bootstrap_ci(
-    diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, confidence: float = CONFIDENCE
+    diffs: Scores, n_boot: int = 10000, seed: int = 0, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of paired differences."""
     means = bootstrap_means(diffs, n_boot, seed)
     if means.size == 0:
         return (0.0, 0.0)
+    return _percentile_interval(means, confidence)
+
+
+def _percentile_interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` share of the bootstrap means (the percentile interval)."""
     tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return (float(lo), float(hi))
+    bounds: npt.NDArray[np.float64] = np.percentile(means, [tail, 100 - tail])
+    return (float(bounds[0]), float(bounds[1]))
 
 
 def bootstrap_p(means: np.ndarray, alternative: Alternative = "greater") -> float:
@@ -250,7 +258,7 @@ def _tail_p(null_means: np.ndarray, observed: float, alternative: str, plus_one:
 
 
 def sign_flip_p(
-    diffs: Sequence[float], n_perm: int = 10000, seed: int = 0, alternative: Alternative = "greater"
+    diffs: Scores, n_perm: int = 10000, seed: int = 0, alternative: Alternative = "greater"
 ) -> tuple[float, bool]:
     """Permutation p-value of the mean paired difference; returns (p, exact).
 
@@ -272,8 +280,8 @@ def sign_flip_p(
 
 
 def paired_mean_test(
-    a: Sequence[float],
-    b: Sequence[float],
+    a: Scores,
+    b: Scores,
     n_boot: int = 10000,
     seed: int = 0,
     alternative: Alternative = "greater",
@@ -289,8 +297,7 @@ def paired_mean_test(
     if d.size == 0:
         return PairedMeanResult(0.0, 0.0, 0.0, 1.0, method, alternative, 0, True)
     means = bootstrap_means(d, n_boot, seed)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    lo, hi = (float(v) for v in np.percentile(means, [tail, 100 - tail]))
+    lo, hi = _percentile_interval(means, CONFIDENCE)
     if method == "bootstrap":
         p, exact = bootstrap_p(means, alternative), False
     else:
@@ -307,7 +314,7 @@ class WilcoxonResult:
 
 
 def wilcoxon_signed_rank(
-    a: Sequence[float], b: Sequence[float], alternative: Alternative = "greater"
+    a: Scores, b: Scores, alternative: Alternative = "greater"
 ) -> WilcoxonResult:
     """Wilcoxon signed-rank test of A - B, ``zero_method="zsplit"`` (see module doc)."""
     from scipy.stats import wilcoxon
