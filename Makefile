@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # the local CPU torch wheel) decides where packages come from. The default index's Linux torch
 # wheels are CUDA builds, which is what the gpu extra wants.
 PINS   := -c constraints.txt $(if $(GPU),,-c requirements/cpu-lock.txt)
-# The type-checked core modules are listed in pyproject.toml ([tool.mypy] files).
+# mypy checks the whole package (pyproject.toml [tool.mypy] files = ["ptr_ray"]).
 RUFF   := $(VENV)/bin/ruff
 MYPY   := $(PY) -m mypy
 
@@ -69,7 +69,7 @@ test: setup lint
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
-# ruff (rules and format in pyproject.toml [tool.ruff]) and mypy on the core modules.
+# ruff (rules and format in pyproject.toml [tool.ruff]) and mypy on the whole package.
 lint: setup
 	$(RUFF) check
 	$(RUFF) format --check
