@@ -132,6 +132,19 @@ def check_model(cfg: ServeConfig, name: str | None) -> None:
         )
 
 
+def _capped(param: str, value: Any, default: Any, cap: Any) -> Any:
+    """``value`` (or the server's default when unset), or a 400 naming the cap it exceeds."""
+    got = default if value is None else value
+    if got > cap:
+        raise APIError(
+            400,
+            f"'{param}' is {got}, this server allows at most {cap}",
+            param=param,
+            code="invalid_value",
+        )
+    return got
+
+
 def resolve_limits(
     cfg: ServeConfig,
     rounds: int | None,
@@ -144,30 +157,9 @@ def resolve_limits(
 ) -> tuple[int, SamplingConfig]:
     """Fill in the server's defaults and enforce its caps (the schemas cannot: they are
     config-independent). ``rounds_param`` names the rounds field in the error message."""
-    n = cfg.default_rounds if rounds is None else rounds
-    if n > cfg.max_rounds:
-        raise APIError(
-            400,
-            f"'{rounds_param}' is {n}, this server allows at most {cfg.max_rounds}",
-            param=rounds_param,
-            code="invalid_value",
-        )
-    mt = cfg.default_max_tokens if max_tokens is None else max_tokens
-    if mt > cfg.max_tokens_cap:
-        raise APIError(
-            400,
-            f"'max_tokens' is {mt}, this server allows at most {cfg.max_tokens_cap}",
-            param="max_tokens",
-            code="invalid_value",
-        )
-    temp = cfg.default_temperature if temperature is None else temperature
-    if temp > cfg.max_temperature:
-        raise APIError(
-            400,
-            f"'temperature' is {temp}, at most {cfg.max_temperature}",
-            param="temperature",
-            code="invalid_value",
-        )
+    n = _capped(rounds_param, rounds, cfg.default_rounds, cfg.max_rounds)
+    mt = _capped("max_tokens", max_tokens, cfg.default_max_tokens, cfg.max_tokens_cap)
+    temp = _capped("temperature", temperature, cfg.default_temperature, cfg.max_temperature)
     sampling = SamplingConfig(
         max_tokens=mt, temperature=temp, top_p=1.0 if top_p is None else top_p, seed=seed, stop=stop
     )
