@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tqdm import tqdm
@@ -136,47 +137,29 @@ def prepare_candidates(
             if rid in done:
                 out.skipped_existing += 1
                 continue
+
+            # Every later drop of this row names the same row.
+            reject = partial(
+                rejects.add, source=row.source, where=row.where, id=rid, query=res.text
+            )
             if not exact.add(res.text):
-                rejects.add(
-                    "dedupe",
-                    "duplicate",
-                    source=row.source,
-                    where=row.where,
-                    id=rid,
-                    query=res.text,
-                )
+                reject("dedupe", "duplicate")
                 continue
-            if near is not None:
-                hit = timer.run("dedupe", near.check_and_add, res.text)
-                if hit is not None:
-                    rejects.add(
-                        "dedupe",
-                        "near_duplicate",
-                        source=row.source,
-                        where=row.where,
-                        id=rid,
-                        query=res.text,
-                    )
-                    continue
+            if near is not None and timer.run("dedupe", near.check_and_add, res.text) is not None:
+                reject("dedupe", "near_duplicate")
+                continue
             why = (
                 timer.run("decontaminate", decontaminator.reason, res.text)
                 if decontaminator
                 else None
             )
             if why is not None:
-                detail = (
-                    "is an eval question"
-                    if why == "exact"
-                    else f"shares a {cfg.decontaminate.ngram}-gram with an eval set"
-                )
-                rejects.add(
+                reject(
                     "decontaminate",
                     "contaminated",
-                    source=row.source,
-                    where=row.where,
-                    id=rid,
-                    query=res.text,
-                    detail=detail,
+                    detail="is an eval question"
+                    if why == "exact"
+                    else f"shares a {cfg.decontaminate.ngram}-gram with an eval set",
                 )
                 continue
             kind = "sft" if is_sft(rid, cfg.sft.fraction, cfg.seed) else "ptr"
