@@ -7,6 +7,7 @@ CPU build of vLLM can load it too.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -104,3 +105,29 @@ def make_tiny_chat_model(
     )
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+class FaultThread(threading.Thread):
+    """Base of the fault-injection threads of the integration tests: ``_watch`` waits for the
+    moment to strike (an actor busy, a checkpoint written) and kills a real Ray process from
+    outside, as Ray's own tests do; production code carries no test hooks. An exception in
+    ``_watch`` is kept in ``error`` for the test to raise, and ``stop`` ends the watch."""
+
+    def __init__(self, name: str, timeout_s: float) -> None:
+        super().__init__(daemon=True, name=name)
+        self.timeout_s = timeout_s
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        try:
+            self._watch()
+        except BaseException as e:  # surfaced by the test through .error
+            self.error = e
+
+    def _watch(self) -> None:
+        raise NotImplementedError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from ptr_ray.config import BuildConfig
 from ptr_ray.datagen.dataflow import BuildError, run_build
 from ptr_ray.datagen.results import weak_stages
 from ptr_ray.records import read_records
+from ptr_ray.testing import FaultThread
 
 TOPICS = [
     "bake sourdough bread with a young starter",
@@ -164,7 +164,7 @@ def _tree_cpu_s(procs) -> float:
     return total
 
 
-class ActorKiller(threading.Thread):
+class ActorKiller(FaultThread):
     """SIGKILLs the Ray Data actor whose class name contains ``name`` while it generates.
 
     Ray Data names a ``map_batches`` actor ``MapWorker(MapBatches(<class>))``; the pid comes
@@ -175,21 +175,9 @@ class ActorKiller(threading.Thread):
     """
 
     def __init__(self, name: str, timeout_s: float = 600.0) -> None:
-        super().__init__(daemon=True, name="actor-killer")
-        self.name, self.timeout_s = name, timeout_s
+        super().__init__("actor-killer", timeout_s)
+        self.actor_name = name
         self.kill: Kill | None = None
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=60)
-
-    def run(self) -> None:
-        try:
-            self._watch()
-        except BaseException as e:  # surfaced by the test through .error
-            self.error = e
 
     def _watch(self) -> None:
         import psutil
@@ -201,7 +189,7 @@ class ActorKiller(threading.Thread):
             alive = [
                 a
                 for a in ray._private.state.actors(actor_state_name="ALIVE").values()
-                if self.name in a["ActorClassName"] and a["Pid"]
+                if self.actor_name in a["ActorClassName"] and a["Pid"]
             ]
             if not alive:
                 time.sleep(0.05)

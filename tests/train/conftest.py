@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ptr_ray.testing import FaultThread
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -97,19 +98,13 @@ def _rank_zero_pid(storage_path: Path) -> int | None:
     return None
 
 
-class RankZeroKiller(threading.Thread):
+class RankZeroKiller(FaultThread):
     """SIGKILLs rank 0 once, when checkpoint c >= 1 is registered and rank 0 logged a step > c."""
 
     def __init__(self, out: Path, timeout_s: float = 900.0) -> None:
-        super().__init__(daemon=True, name="rank0-killer")
-        self.out, self.timeout_s = out, timeout_s
+        super().__init__("rank0-killer", timeout_s)
+        self.out = out
         self.kill: Kill | None = None
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=60)
 
     def registered_step(self) -> int:
         return registered_step(self.out)
@@ -117,12 +112,6 @@ class RankZeroKiller(threading.Thread):
     def attempts(self) -> list[list[int]]:
         """The steps in metrics.jsonl, one list per worker-group attempt."""
         return split_attempts(logged_steps(self.out))
-
-    def run(self) -> None:
-        try:
-            self._watch()
-        except BaseException as e:  # surfaced by the test through .error
-            self.error = e
 
     def _last_logged(self) -> int:
         steps = logged_steps(self.out)
