@@ -13,7 +13,7 @@ import types
 import pytest
 
 from ptr_ray.config import RayConfig
-from ptr_ray.runtime_env import DEFAULTS, apply_env, ray_env_vars
+from ptr_ray.runtime_env import CPU_DEFAULTS, DEFAULTS, FORWARDED, apply_env, ray_env_vars
 
 
 class FakeRay(types.ModuleType):
@@ -111,7 +111,8 @@ def test_init_ray_joins_the_job_cluster_and_keeps_driver_logging(fake_ray, monke
 
 
 def test_env_table_defaults_exported_values_and_forwarding(env):
-    for key in [*DEFAULTS, "HF_HUB_OFFLINE", "VLLM_HOST_IP"]:
+    # Start from a clean slate: earlier tests (vLLM engines) may have exported some of these.
+    for key in [*DEFAULTS, *CPU_DEFAULTS, *FORWARDED]:
         env.pop(key, None)
     env["VLLM_LOGGING_LEVEL"] = "INFO"  # a user's export wins
     env["PTR_RAY_CACHE"] = "/cache"  # forwarded to workers
