@@ -131,3 +131,19 @@ class FaultThread(threading.Thread):
 
     def _watch(self) -> None:
         raise NotImplementedError
+
+
+def make_dry_run(root: Path, venv: Path, *args: str) -> str:
+    """The commands ``make -n ARGS`` would run in ``root`` for a venv that does not exist yet
+    (how the Makefile tests check setup and recipes without installing anything)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args, f"VENV={venv}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout

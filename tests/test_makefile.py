@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from ptr_ray.testing import make_dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = re.compile(r"https?://|--(extra-)?index-url\b")
@@ -20,16 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 
 def dry_run(tmp_path: Path, *args: str) -> str:
-    """The commands ``make -n ARGS`` would run, for a venv that does not exist yet."""
-    out = subprocess.run(
-        ["make", "-n", "--no-print-directory", *args, f"VENV={tmp_path / 'venv'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return out.stdout
+    return make_dry_run(ROOT, tmp_path / "venv", *args)
 
 
 def test_makefile_names_no_package_index() -> None:

@@ -9,7 +9,6 @@ No GPU is needed: the config is validated, and the Makefile target is read with 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from ptr_ray.config import ExperimentConfig, load_config
 from ptr_ray.data.benchmarks import SYNTHETIC_TASKS, TASKS
 from ptr_ray.models import BUILTINS
+from ptr_ray.testing import make_dry_run
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "jobs/configs/experiment_h100.yaml"
@@ -99,16 +99,7 @@ def test_the_gpu_only_weights_stay_out_of_the_cpu_install() -> None:
 
 
 def _dry_run(tmp_path: Path, *args: str) -> str:
-    """The commands ``make -n ARGS`` would run, for a venv that does not exist yet."""
-    out = subprocess.run(
-        ["make", "-n", "--no-print-directory", *args, f"VENV={tmp_path / 'venv'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return out.stdout
+    return make_dry_run(ROOT, tmp_path / "venv", *args)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
