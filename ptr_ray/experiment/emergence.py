@@ -42,14 +42,24 @@ def step_method(step: int) -> str:
     return f"step-{step}"
 
 
-def emergence_eval_config(cfg: ExperimentConfig, primary: EvalConfig, run_dir: Path) -> EvalConfig:
-    """The evaluation of every exported step model (plus the base model as step 0)."""
+def emergence_eval_config(
+    cfg: ExperimentConfig, primary: EvalConfig, run_dir: Path, total_steps: int | None = None
+) -> EvalConfig:
+    """The evaluation of every exported step model, the base model as step 0 and, given the
+    run's ``total_steps``, its final ``model/`` as the last point (steps past the end, which
+    training never reached, are left out), so the curve always ends at the model that the
+    hypotheses were tested on, whatever the built dataset's size made the step count."""
     em = cfg.emergence
+    steps = [s for s in em.steps if total_steps is None or s < total_steps]
     methods = [EvalMethodConfig(name=step_method(0), model=cfg.base_model)]
     methods += [
         EvalMethodConfig(name=step_method(s), model=str(run_dir / "models" / f"step-{s}"))
-        for s in em.steps
+        for s in steps
     ]
+    if total_steps is not None:
+        methods.append(
+            EvalMethodConfig(name=step_method(total_steps), model=str(run_dir / "model"))
+        )
     update: dict[str, object] = {
         "methods": methods,
         "output_dir": str(Path(primary.output_dir).parent / "emergence"),

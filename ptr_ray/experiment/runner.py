@@ -281,17 +281,33 @@ def evaluate_emergence(
     from ptr_ray.eval.runner import run_eval
 
     run_dir = root / f"train-{cfg.emergence.mode}"
-    missing = [s for s in cfg.emergence.steps if not (run_dir / "models" / f"step-{s}").is_dir()]
+    stats = run_dir / "encode_stats.json"
+    if not stats.is_file() or not (run_dir / "model" / "config.json").is_file():
+        raise ExperimentError(f"emergence: {run_dir} is not a finished training run")
+    total = int(json.loads(stats.read_text())["total_steps"])
+    steps = [s for s in cfg.emergence.steps if s < total]
+    if len(steps) < len(cfg.emergence.steps):
+        log.warning(
+            "emergence: steps %s are not before the run's last step %d; the final model "
+            "stands for step %d",
+            sorted(set(cfg.emergence.steps) - set(steps)),
+            total,
+            total,
+        )
+    missing = [s for s in steps if not (run_dir / "models" / f"step-{s}").is_dir()]
     if missing:
         raise ExperimentError(
             f"emergence: {run_dir} has no exported model for step(s) {missing}; "
-            "a step beyond the run's last step is never reached (lower emergence.steps)"
+            "was it trained without emergence.enabled?"
         )
     primary = eval_config(cfg, root, models, heldout, 0)
     log.info(
-        "emergence: evaluating steps %s of the %s run", cfg.emergence.steps, cfg.emergence.mode
+        "emergence: evaluating steps %s and the final model (step %d) of the %s run",
+        steps,
+        total,
+        cfg.emergence.mode,
     )
-    return emergence_points(run_eval(emergence_eval_config(cfg, primary, run_dir)))
+    return emergence_points(run_eval(emergence_eval_config(cfg, primary, run_dir, total)))
 
 
 def synthetic_notes(cfg: ExperimentConfig, dataset: Path, heldout: Path | None) -> list[str]:

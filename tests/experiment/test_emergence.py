@@ -57,10 +57,34 @@ def test_training_exports_the_emergence_steps(tmp_path, monkeypatch):
     assert seen == {"ptr": [3, 6], "ift": []}
 
 
+def test_the_final_model_ends_the_curve_and_unreached_steps_are_left_out(tmp_path):
+    cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[10, 20, 30]")
+    root = Path(cfg.output_dir)
+    primary = runner.eval_config(cfg, root, {"ptr": "/m/ptr", "ift": "/m/ift"}, None, 0)
+    ecfg = emergence.emergence_eval_config(cfg, primary, root / "train-ptr", total_steps=20)
+    assert [(m.name, m.model) for m in ecfg.methods] == [
+        ("step-0", cfg.base_model),
+        ("step-10", str(root / "train-ptr" / "models" / "step-10")),
+        ("step-20", str(root / "train-ptr" / "model")),
+    ]
+
+
+def _finished_run(root: Path, total_steps: int) -> Path:
+    run = root / "train-ptr"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "encode_stats.json").write_text(f'{{"total_steps": {total_steps}}}')
+    return run
+
+
 def test_missing_step_models_are_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3]")
+    root = Path(cfg.output_dir)
+    with pytest.raises(ExperimentError, match="is not a finished training run"):
+        runner.evaluate_emergence(cfg, root, {"ptr": "p", "ift": "i"}, None)
+    _finished_run(root, total_steps=8)
     with pytest.raises(ExperimentError, match=r"no exported model for step\(s\) \[3\]"):
-        runner.evaluate_emergence(cfg, Path(cfg.output_dir), {"ptr": "p", "ift": "i"}, None)
+        runner.evaluate_emergence(cfg, root, {"ptr": "p", "ift": "i"}, None)
 
 
 def test_points_table_and_plot(tmp_path, make_task_result):
