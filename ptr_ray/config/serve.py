@@ -7,6 +7,7 @@ itself is read by :mod:`ptr_ray.serve.config_file`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -15,6 +16,8 @@ from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig
 
 __all__ = ["DeploymentConfig", "ServeConfig"]
+
+log = logging.getLogger(__name__)
 
 
 class DeploymentConfig(StrictModel):
@@ -77,12 +80,63 @@ class ServeConfig(StrictModel):
     default_temperature: float = Field(0.0, ge=0)
     max_temperature: float = Field(2.0, ge=0)
     strict: bool = Field(True, description="unknown request fields are a 400 (else ignored)")
-    api_key_env: str = Field("PTR_API_KEY", description="env var holding the bearer token")
-    engine_timeout_s: float = Field(
+    # -- auth ----------------------------------------------------------------------------------
+    api_key_env: str = Field(
+        "PTR_API_KEY",
+        description="env var holding the bearer token (several keys: comma-separated)",
+    )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="auto: a key is required when serving on a non-loopback host (the server "
+        "refuses to start without one) and optional on loopback; required: always; off: no auth "
+        "at all (an explicit choice, logged)",
+    )
+    # -- per-request limits (each refusal is a 4xx naming the limit) -----------------------------
+    max_total_tokens: int = Field(
+        4096,
+        ge=1,
+        description="budget of one request: rounds x max_tokens may not exceed it",
+    )
+    max_stop_sequences: int = Field(4, ge=0, description="most entries in 'stop'")
+    max_stop_chars: int = Field(64, ge=1, description="longest 'stop' entry, in characters")
+    max_prompt_chars: int = Field(
+        100_000,
+        ge=1,
+        description="most characters in the query or all messages together (before templating)",
+    )
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="largest request body; checked on Content-Length before reading, and the "
+        "read stops there",
+    )
+    max_json_depth: int = Field(
+        16, ge=4, le=64, description="deepest nesting of arrays/objects in a request body"
+    )
+    max_concurrent_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="requests one API key (or, without auth, one client address) may have "
+        "running at once on one ingress replica; None: no limit",
+    )
+    # -- timeouts ------------------------------------------------------------------------------
+    first_token_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="wait this long for the engine to start a round (first token), "
-        "e.g. while a crashed replica is replaced; then 503",
+        description="wait this long for the engine to start a round (queueing + prefill, e.g. "
+        "while a crashed replica is replaced); then 503",
+    )
+    stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="longest silence from the engine inside a round once it has started; then "
+        "the round is aborted (503 before the answer starts, an error event in a stream)",
+    )
+    request_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="deadline for a whole request, every round included; then it is aborted "
+        "(504 before the answer starts, an error event in a stream)",
     )
     engine_deployment: DeploymentConfig = Field(default_factory=_default_engine_deployment)
     ingress_deployment: DeploymentConfig = Field(
@@ -100,6 +154,26 @@ class ServeConfig(StrictModel):
             return serve_file_to_settings(data)
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """``engine_timeout_s`` (deprecated) is the old name of ``first_token_timeout_s``."""
+        if isinstance(data, dict) and "engine_timeout_s" in data:
+            data = dict(data)
+            old = data.pop("engine_timeout_s")
+            new = data.get("first_token_timeout_s")
+            if new is not None and new != old:
+                raise ValueError(
+                    "engine_timeout_s is the deprecated name of first_token_timeout_s; "
+                    "set only first_token_timeout_s"
+                )
+            log.warning(
+                "serve config: engine_timeout_s is deprecated, use first_token_timeout_s "
+                "(same meaning)"
+            )
+            data["first_token_timeout_s"] = old
+        return data
+
     @model_validator(mode="after")
     def _check_limits(self) -> ServeConfig:
         if self.default_rounds > self.max_rounds:
@@ -108,9 +182,25 @@ class ServeConfig(StrictModel):
             raise ValueError(
                 f"default_max_tokens {self.default_max_tokens} > max_tokens_cap {self.max_tokens_cap}"
             )
+        budget = self.default_rounds * self.default_max_tokens
+        if budget > self.max_total_tokens:
+            raise ValueError(
+                f"default_rounds x default_max_tokens = {budget} > max_total_tokens "
+                f"{self.max_total_tokens}"
+            )
+        if self.first_token_timeout_s > self.request_timeout_s:
+            raise ValueError(
+                f"first_token_timeout_s {self.first_token_timeout_s} > request_timeout_s "
+                f"{self.request_timeout_s}"
+            )
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         return self
+
+    @property
+    def engine_timeout_s(self) -> float:
+        """Deprecated: the old name of :attr:`first_token_timeout_s`."""
+        return self.first_token_timeout_s
 
     @property
     def served_model_name(self) -> str:
