@@ -104,6 +104,7 @@ class ServeConfig(StrictModel):
         ge=1,
         description="most characters in the query or all messages together (before templating)",
     )
+    max_messages: int = Field(256, ge=1, description="most messages in one request")
     max_body_bytes: int = Field(
         1 << 20,
         ge=1024,

@@ -1,4 +1,6 @@
-"""The FastAPI app: /v1/refine, /v1/chat/completions, /v1/models, /healthz.
+"""The FastAPI app: /v1/refine, /v1/chat/completions, /v1/models, /healthz, and the API's
+own documentation (/openapi.json, /docs, /redoc), which needs the key like every route but
+/healthz when auth is on.
 
 Routes talk to the engine only through an :class:`~ptr_ray.serve.session.EngineBackend` (in
 Serve: a DeploymentHandle to the vLLM engine deployment; in unit tests: a fake), so the app
@@ -11,13 +13,16 @@ them as SSE or JSON.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ptr_ray.config import ServeConfig
 from ptr_ray.serve import chunks
@@ -26,32 +31,74 @@ from ptr_ray.serve.deps import (
     RunPlan,
     ServeContext,
     chat_plan,
+    concurrency_slot,
     refine_plan,
     require_api_key,
 )
 from ptr_ray.serve.errors import APIError, install_error_handlers
+from ptr_ray.serve.schemas import ErrorResponse, openapi_components
 from ptr_ray.serve.session import EngineBackend, RunEnd, Session, refine_events
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 10.0
 
 probes = APIRouter()  # no auth: load balancers and Kubernetes probe without a token
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+docs = APIRouter(dependencies=[Depends(require_api_key)], include_in_schema=False)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in {
+        400: "bad request: a field, the JSON, or a limit of this server (named in the message)",
+        401: "missing or wrong API key",
+        404: "unknown model",
+        413: "body larger than max_body_bytes",
+        429: "too many requests in flight for this key (max_concurrent_per_key)",
+        503: "overloaded or the engine is unavailable; retry",
+        504: "request_timeout_s passed",
+    }.items()
+}
 
 
-@probes.get("/healthz")
+def _body(component: str) -> dict[str, Any]:
+    """The ``openapi_extra`` that documents a route's JSON body (read by hand, see deps)."""
+    ref = {"$ref": f"#/components/schemas/{component}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+@probes.get("/healthz", responses={503: _ERRORS[503]})
 async def healthz(ctx: Context) -> JSONResponse:
+    """200 when the engine answers its health check, else 503. Says nothing about why:
+    the probe needs no key, so exception text (paths, hosts) stays in the server's log."""
     try:
         await asyncio.wait_for(ctx.backend.health(), HEALTH_TIMEOUT_S)
-    except APIError as e:
-        return e.response()
     except Exception as e:  # noqa: BLE001 - any failure means "not healthy"
-        return APIError(
-            503, f"engine is not healthy: {type(e).__name__}: {e}", code="engine_unavailable"
-        ).response()
+        log.warning("health check failed: %s: %s", type(e).__name__, e)
+        return APIError(503, "engine is not healthy", code="engine_unavailable").response()
     return JSONResponse({"status": "ok", "model": ctx.cfg.served_model_name})
 
 
-@v1.get("/models")
+@docs.get("/openapi.json")
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+def _openapi_url(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + "/openapi.json"
+
+
+@docs.get("/docs")
+async def swagger_docs(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url=_openapi_url(request), title="ptr-ray API")
+
+
+@docs.get("/redoc")
+async def redoc_docs(request: Request) -> HTMLResponse:
+    return get_redoc_html(openapi_url=_openapi_url(request), title="ptr-ray API")
+
+
+@v1.get("/models", responses={401: _ERRORS[401]})
 async def list_models(ctx: Context) -> JSONResponse:
     cfg = ctx.cfg
     if not ctx.engine_info:  # the engine's model does not change while the app lives
@@ -98,8 +145,24 @@ def _stream(body: AsyncIterator[bytes], rid: str) -> StreamingResponse:
     )
 
 
-@v1.post("/refine")
+def _post_doc(component: str) -> dict[str, Any]:
+    return {
+        "openapi_extra": _body(component),
+        "responses": {
+            200: {
+                "description": "the run as one JSON body, or server-sent events with "
+                "'stream': true",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            },
+            **_ERRORS,
+        },
+        "dependencies": [Depends(concurrency_slot)],
+    }
+
+
+@v1.post("/refine", **_post_doc("RefineRequest"))
 async def refine(ctx: Context, plan: Annotated[RunPlan, Depends(refine_plan)]) -> Response:
+    """Refine a query (or a chat) over N rounds: every round, the final answer, usage."""
     rid = f"refine-{uuid.uuid4().hex[:16]}"
     session = await _start(ctx, plan, rid)
     ctx.metrics.request("refine", 200)
@@ -112,8 +175,9 @@ async def refine(ctx: Context, plan: Annotated[RunPlan, Depends(refine_plan)]) -
     )
 
 
-@v1.post("/chat/completions")
+@v1.post("/chat/completions", **_post_doc("ChatCompletionRequest"))
 async def chat_completions(ctx: Context, plan: Annotated[RunPlan, Depends(chat_plan)]) -> Response:
+    """OpenAI chat completions; ``refinement_rounds`` rounds, the last one is the answer."""
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     session = await _start(ctx, plan, rid)
     ctx.metrics.request("chat", 200)
@@ -129,19 +193,54 @@ async def chat_completions(ctx: Context, plan: Annotated[RunPlan, Depends(chat_p
     )
 
 
-def create_app(backend: EngineBackend, cfg: ServeConfig, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app over ``backend``. ``api_key`` defaults to ``$cfg.api_key_env``; when it
-    is non-empty, every /v1 route needs ``Authorization: Bearer <key>`` ("" turns auth off)."""
+def create_app(
+    backend: EngineBackend,
+    cfg: ServeConfig,
+    api_key: str | None = None,
+    bind_host: str | None = None,
+) -> FastAPI:
+    """The FastAPI app over ``backend``.
+
+    ``api_key`` defaults to ``$cfg.api_key_env`` (several keys: comma-separated); with a key,
+    every route but /healthz needs ``Authorization: Bearer <key>``. ``bind_host`` is the
+    address the HTTP server listens on (default ``cfg.host``): without a key, a non-loopback
+    one raises :class:`~ptr_ray.serve.auth.AuthConfigError` unless ``cfg.auth`` is ``off``
+    (see :func:`~ptr_ray.serve.auth.resolve_auth`).
+    """
+    ctx = ServeContext.build(backend, cfg, api_key, bind_host)
+    # FastAPI's own /docs, /redoc and /openapi.json would be open to anyone: ours (the docs
+    # router) sit behind the same key as the API.
     app = FastAPI(
-        title="ptr-ray", description="Progressive Thought Refinement serving", version="0.1.0"
+        title="ptr-ray",
+        description="Progressive Thought Refinement serving: every request is refined over N "
+        "rounds. Errors are OpenAI-style JSON (ErrorResponse).",
+        version="0.1.0",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
-    ctx = ServeContext.build(backend, cfg, api_key)
     app.state.serve = ctx
     app.state.metrics = ctx.metrics
     app.state.backend = backend
     app.include_router(probes)
     app.include_router(v1)
+    app.include_router(docs)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(openapi_components(cfg))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
