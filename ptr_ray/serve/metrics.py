@@ -58,6 +58,12 @@ class ServeMetrics:
                         "requests whose client went away",
                         tag_keys=("model",),
                     ),
+                    "timeouts": m.Counter(
+                        "ptr_timeouts_total",
+                        "requests aborted by a time limit (first_token_timeout, "
+                        "stall_timeout, request_timeout)",
+                        tag_keys=("model", "limit"),
+                    ),
                 }
         except Exception:  # pragma: no cover - metrics must never break serving
             self._ray = {}
@@ -98,24 +104,37 @@ class ServeMetrics:
     def cancelled(self) -> None:
         self._inc("cancelled", 1, {"model": self.model})
 
+    def timed_out(self, limit: str) -> None:
+        self._inc("timeouts", 1, {"model": self.model, "limit": limit})
+
 
 class EngineMetrics:
-    """Rounds of one engine replica: how many started and how each ended.
+    """Requests and rounds of one engine replica: how many started and how each ended.
+
+    Every round of a request runs on the replica that took the request (the loop runs in the
+    replica), so per replica ``rounds started`` is the sum of the rounds of its ``requests``;
+    operators (and the routing integration test) see that on Ray's metrics endpoint.
 
     ``outcome`` is ``finished``, ``cancelled`` (the caller went away mid-round: the client
-    disconnected, so the request was aborted inside vLLM) or ``rejected`` (prompt too long).
+    disconnected or a time limit ran out, so the request was aborted inside vLLM), ``rejected``
+    (prompt too long) or ``failed`` (the engine raised).
     Started minus ended is the work in flight. Made with ``ray.serve.metrics``, so Serve tags
     every series with its application, deployment and replica.
     """
 
-    OUTCOMES = ("finished", "cancelled", "rejected")
+    OUTCOMES = ("finished", "cancelled", "rejected", "failed")
 
     def __init__(self) -> None:
+        self._requests: Any = None
         self._started: Any = None
         self._ended: Any = None
         try:
             from ray.serve import metrics as m
 
+            self._requests = m.Counter(
+                "ptr_engine_requests_total",
+                description="refinement requests an engine replica took (all their rounds run there)",
+            )
             self._started = m.Counter(
                 "ptr_engine_rounds_started_total", description="rounds an engine replica started"
             )
@@ -123,10 +142,14 @@ class EngineMetrics:
                 "ptr_engine_rounds_total",
                 tag_keys=("outcome",),
                 description="rounds an engine replica ended, by outcome "
-                "(finished, cancelled, rejected)",
+                "(finished, cancelled, rejected, failed)",
             )
         except Exception:  # pragma: no cover - metrics must never break serving
-            self._started = self._ended = None
+            self._requests = self._started = self._ended = None
+
+    def request(self) -> None:
+        if self._requests is not None:
+            self._requests.inc(1)
 
     def started(self) -> None:
         if self._started is not None:

@@ -60,7 +60,7 @@ def server(ray_local, tiny_model_dir):
             "max_rounds": 8,
             "max_tokens_cap": 512,
             "default_max_tokens": 32,
-            "engine_timeout_s": 15,
+            "first_token_timeout_s": 15,
             # Small ingress limits so the overload test can fill them with a handful of requests.
             "ingress_deployment": {
                 "max_ongoing_requests": 4,
@@ -255,7 +255,8 @@ def _settled_metrics(timeout: float = 120.0) -> Counter:
     deadline = time.time() + timeout
     while time.time() < deadline:
         now = _serve_metrics()
-        in_flight = now["started"] - sum(now[k] for k in ("finished", "cancelled", "rejected"))
+        ended = ("finished", "cancelled", "rejected", "failed")
+        in_flight = now["started"] - sum(now[k] for k in ended)
         if now != last:
             last, since = now, time.time()
         elif in_flight == 0 and time.time() - since >= METRICS_SETTLE_S:
@@ -367,7 +368,7 @@ def test_killed_engine_replica_is_replaced(server):
     deadline = time.time() + 480
     replaced = False
     while time.time() < deadline:
-        try:  # the server answers within engine_timeout_s (15 s) even with no engine replica
+        try:  # the server answers within first_token_timeout_s (15 s) even with no engine replica
             r = post(server, "/v1/refine", {"query": "q", "rounds": 2, "max_tokens": 4}, timeout=45)
             statuses.append(r.status_code)
             if r.status_code == 200 and _engine_replicas() - old_replicas:
