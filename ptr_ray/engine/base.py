@@ -9,8 +9,10 @@ so the engine never applies a chat template of its own (no train/serve skew).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +77,31 @@ def checked_prompt_ids(
     if len(ids) >= max_model_len:
         raise PromptTooLongError(len(ids), max_model_len)
     return ids
+
+
+class PromptEncoder:
+    """:func:`checked_prompt_ids` for an async server, run off its event loop.
+
+    Rendering the chat template and tokenizing a long conversation takes milliseconds of CPU per
+    round; on the event loop of a serving replica that stalls every other request's token
+    stream (and vLLM's own output handling, which shares the loop). One worker thread keeps
+    the loop free and calls the tokenizer from one thread only: Hugging Face fast tokenizers
+    raise "Already borrowed" when one instance is used from several threads at once.
+    """
+
+    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptr-encode")
+
+    async def encode(self, conversation: Sequence[prompts.Message]) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, checked_prompt_ids, self.tokenizer, conversation, self.max_model_len
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def clamp_context(model_path: str, wanted: int) -> int:

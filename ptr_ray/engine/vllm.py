@@ -17,7 +17,13 @@ from typing import Any
 
 from ptr_ray import prompts
 from ptr_ray.config import EngineConfig, SamplingConfig
-from ptr_ray.engine.base import Completion, Generation, checked_prompt_ids, clamp_context
+from ptr_ray.engine.base import (
+    Completion,
+    Generation,
+    PromptEncoder,
+    checked_prompt_ids,
+    clamp_context,
+)
 from ptr_ray.models import resolve_model
 from ptr_ray.runtime_env import apply_env
 
@@ -159,6 +165,7 @@ class AsyncVLLMEngine:
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.model_config.max_model_len)
+        self.encoder = PromptEncoder(self.tokenizer, self.max_model_len)
         log.info("async vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
 
     async def stream(
@@ -170,11 +177,12 @@ class AsyncVLLMEngine:
         """Async iterator: text deltas (``str``) as tokens arrive, then one :class:`Generation`.
 
         ``max_tokens`` is clipped to the room left in the context. Closing the iterator early
-        (client gone, task cancelled) aborts the request inside vLLM.
+        (client gone, task cancelled) aborts the request inside vLLM. The prompt is rendered
+        and tokenized off the event loop (:class:`~ptr_ray.engine.base.PromptEncoder`).
         """
         from vllm.sampling_params import RequestOutputKind
 
-        ids = checked_prompt_ids(self.tokenizer, conversation, self.max_model_len)
+        ids = await self.encoder.encode(conversation)
         params = sampling_params(
             sampling,
             n=1,
@@ -225,6 +233,9 @@ class AsyncVLLMEngine:
         await self.llm.check_health()
 
     def close(self) -> None:
+        encoder = getattr(self, "encoder", None)
+        if encoder is not None:
+            encoder.close()
         llm = getattr(self, "llm", None)
         if llm is None:
             return

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from ptr_ray.config import EngineConfig, SamplingConfig
@@ -70,3 +72,57 @@ def test_vllm_generates(source, tiny_model_dir):
         assert again.cached_tokens >= 128 > first.cached_tokens
     finally:
         eng.close()
+
+
+def test_prompt_encoder_runs_off_the_event_loop(tiny_tokenizer):
+    """A serving replica renders and tokenizes each round in one worker thread: the event loop
+    (every other request's token stream) keeps running meanwhile, and the ids are the same."""
+    import asyncio
+    import threading
+
+    from ptr_ray import prompts
+    from ptr_ray.engine import PromptEncoder
+
+    class SlowTokenizer:
+        """The tiny tokenizer, slowed down, recording the thread that called it."""
+
+        def __init__(self) -> None:
+            self.threads: set[int] = set()
+
+        def __getattr__(self, name):
+            return getattr(tiny_tokenizer, name)
+
+        def apply_chat_template(self, *args, **kwargs):
+            self.threads.add(threading.get_ident())
+            time.sleep(0.3)
+            return tiny_tokenizer.apply_chat_template(*args, **kwargs)
+
+        def __call__(self, *args, **kwargs):
+            return tiny_tokenizer(*args, **kwargs)
+
+    slow = SlowTokenizer()
+    encoder = PromptEncoder(slow, max_model_len=1024)
+
+    async def run():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        ids = await asyncio.gather(encoder.encode(CONV), encoder.encode(CONV))
+        t.cancel()
+        return ids, ticks, threading.get_ident()
+
+    try:
+        (a, b), ticks, loop_thread = asyncio.run(run())
+    finally:
+        encoder.close()
+    assert a == b == prompts.encode(tiny_tokenizer, CONV, add_generation_prompt=True)
+    assert ticks >= 5  # ~60 in 0.6 s of tokenizing; a blocked loop would tick at most once
+    assert len(slow.threads) == 1 and loop_thread not in slow.threads
+    with pytest.raises(PromptTooLongError):
+        asyncio.run(PromptEncoder(tiny_tokenizer, max_model_len=4).encode(CONV))
