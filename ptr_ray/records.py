@@ -17,13 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ptr_ray.config.base import one_line_error
+from ptr_ray.errors import PtrRayValueError
+from ptr_ray.jsonl import BadLine, iter_lines, parse_line
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 STATS_FILE = "stats.json"
 
 
-class DatasetError(ValueError):
+class DatasetError(PtrRayValueError):
     """A dataset folder or file that training cannot use; the message names file and problem."""
 
 
@@ -85,7 +87,14 @@ def data_files(folder: str | Path) -> list[Path]:
 def check_format_version(folder: str | Path) -> None:
     meta = Path(folder) / META_FILE
     if meta.is_file():
-        version = json.loads(meta.read_text()).get("format_version")
+        try:
+            data = json.loads(meta.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise DatasetError(
+                f"{meta}: not a readable JSON file ({type(e).__name__}); "
+                "restore it or rebuild the dataset"
+            ) from None
+        version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise DatasetError(
                 f"{meta}: dataset format version {version}, this ptr-ray reads version {FORMAT_VERSION}"
@@ -93,26 +102,33 @@ def check_format_version(folder: str | Path) -> None:
 
 
 def iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of one record file; DatasetError names the file (and line) of the first bad one.
+
+    JSONL lines go through :mod:`ptr_ray.jsonl`: a byte-order mark is fine, while non-UTF-8
+    bytes or JSON nested too deeply to parse are a bad row like any other malformed line.
+    """
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DatasetError(f"{path}: not a readable Parquet file ({first})") from None
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise DatasetError(f"{path}: missing columns {missing}")
         yield from table.to_pylist()
         return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{n}: a record must be a JSON object")
-            yield row
+    for n, raw in iter_lines(path):
+        try:
+            row = parse_line(raw)
+        except BadLine as e:
+            raise DatasetError(f"{path}:{n}: {e}") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{n}: a record must be a JSON object")
+        yield row
 
 
 def read_records(folder: str | Path) -> list[Record]:

@@ -75,7 +75,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself is the value
         value = raw
     return key.split("."), value
 
@@ -110,17 +110,46 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; ConfigError if missing, malformed or not a mapping."""
+    """A YAML file's top-level mapping; ConfigError (naming the file) if it cannot be used.
+
+    The file is decoded as UTF-8 whatever the locale says, and a byte-order mark is fine
+    (``utf-8-sig``): the same file must load on a laptop and in a container with ``LANG=C``.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give a .yaml file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        raise ConfigError(f"config file {p} is not valid YAML: {_first_line(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {p} is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data
+
+
+def _first_line(err: BaseException) -> str:
+    """PyYAML's messages span lines (problem, then a caret excerpt); the first, plus the mark."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(err, "problem", None)
+    text = str(problem) if problem else (str(err).splitlines() or [type(err).__name__])[0]
+    return text + where
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -129,13 +158,34 @@ C = TypeVar("C", bound=BaseModel)
 def load_config(
     cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> C:
-    """Build ``cls`` from an optional YAML file plus dotted overrides; ConfigError on problems."""
+    """Build ``cls`` from an optional YAML file plus dotted overrides; ConfigError on problems.
+
+    A problem with a key the file set names the file too (``jobs/x.yaml: config key 'a.b':
+    ...``); a problem with a key an override set does not, since the file is not at fault.
+    """
+    overrides = list(overrides or [])
     data = read_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, overrides)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(one_line_error(e)) from None
+        msg = one_line_error(e)
+        if path and not _from_override(e, overrides):
+            msg = f"{path}: {msg}"
+        raise ConfigError(msg) from None
+
+
+def _from_override(err: ValidationError, overrides: list[str]) -> bool:
+    """Whether the first problem's key is one a dotted override set (or lies inside one)."""
+    loc = [str(p) for p in err.errors()[0]["loc"]]
+    if not loc:
+        return False
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().split(".")
+        n = min(len(key), len(loc))
+        if key[:n] == loc[:n]:
+            return True
+    return False
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ptr_ray.data import synthetic
 from ptr_ray.errors import PtrRayValueError
+from ptr_ray.jsonl import NOT_UTF8, BadLine, iter_lines, parse_line
 from ptr_ray.packaged import package_dir
 
 LETTERS = "ABCDEFGHIJ"
@@ -347,52 +348,49 @@ def load_jsonl(
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    for lineno, line in iter_lines(p):
+        try:
+            row = parse_line(line)
+        except BadLine as e:  # non-UTF-8 bytes, broken or too deeply nested JSON
+            skip("not UTF-8" if e.reason == NOT_UTF8 else "invalid JSON")
+            continue
+        if not isinstance(row, dict):
+            skip("not a JSON object")
+            continue
+        question, answer = row.get(question_field), row.get(answer_field)
+        if not isinstance(question, str) or not question.strip():
+            skip(f"missing or empty '{question_field}'")
+            continue
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            skip(f"missing or empty '{answer_field}'")
+            continue
+        choices = None
+        if choices_field is not None:
+            choices = row.get(choices_field)
+            if (
+                not isinstance(choices, list)
+                or not 2 <= len(choices) <= len(LETTERS)
+                or not all(isinstance(c, (str, int, float)) for c in choices)
+            ):
+                skip(f"'{choices_field}' is not a list of 2-{len(LETTERS)} options")
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                skip("invalid JSON")
+            choices = [str(c) for c in choices]
+            letter = _gold_letter(answer, choices)
+            if letter is None:
+                skip(f"'{answer_field}' is not a letter, index or option text")
                 continue
-            if not isinstance(row, dict):
-                skip("not a JSON object")
-                continue
-            question, answer = row.get(question_field), row.get(answer_field)
-            if not isinstance(question, str) or not question.strip():
-                skip(f"missing or empty '{question_field}'")
-                continue
-            if answer is None or (isinstance(answer, str) and not answer.strip()):
-                skip(f"missing or empty '{answer_field}'")
-                continue
-            choices = None
-            if choices_field is not None:
-                choices = row.get(choices_field)
-                if (
-                    not isinstance(choices, list)
-                    or not 2 <= len(choices) <= len(LETTERS)
-                    or not all(isinstance(c, (str, int, float)) for c in choices)
-                ):
-                    skip(f"'{choices_field}' is not a list of 2-{len(LETTERS)} options")
-                    continue
-                choices = [str(c) for c in choices]
-                letter = _gold_letter(answer, choices)
-                if letter is None:
-                    skip(f"'{answer_field}' is not a letter, index or option text")
-                    continue
-                answer = letter
-            item_id = str(row[id_field]) if id_field and row.get(id_field) is not None else None
-            items.append(
-                BenchmarkItem(
-                    item_id or f"{task}-{lineno}",
-                    task,
-                    question.strip(),
-                    str(answer).strip(),
-                    choices,
-                    meta={"line": lineno},
-                )
+            answer = letter
+        item_id = str(row[id_field]) if id_field and row.get(id_field) is not None else None
+        items.append(
+            BenchmarkItem(
+                item_id or f"{task}-{lineno}",
+                task,
+                question.strip(),
+                str(answer).strip(),
+                choices,
+                meta={"line": lineno},
             )
+        )
     if not items:
         detail = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "file is empty"
         raise BenchmarkError(f"task {task!r}: no usable rows in {p} ({detail})")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptr_ray.errors import PtrRayValueError
+from ptr_ray.jsonl import BadLine, iter_lines, parse_line
 from ptr_ray.packaged import package_dir
 
 log = logging.getLogger(__name__)
@@ -114,39 +115,39 @@ def read_jsonl(
     answer_field: str | None = None,
     source: str | None = None,
 ) -> Iterator[RawRow]:
-    """JSON Lines, read as bytes so one bad line (non-UTF-8, broken JSON) costs only that line."""
+    """JSON Lines, one line at a time (:mod:`ptr_ray.jsonl`): a bad line (non-UTF-8 bytes,
+    broken or too deeply nested JSON) is a counted rejection of that line only; a BOM is fine."""
     p = Path(path)
+    if p.is_dir():
+        raise QuerySourceError(f"query file {p} is a folder; give a .jsonl file")
     if not p.is_file():
         raise QuerySourceError(f"query file not found: {p}")
     src = source or p.name
-    with open(p, "rb") as f:
-        for n, line in enumerate(f, 1):
-            where = f"{p.name}:{n}"
-            if not line.strip():
-                continue  # blank lines are layout, not rows
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield RawRow(
-                    src,
-                    where,
-                    reason="not_utf8",
-                    detail=str(e),
-                    raw=_snippet(line.decode("utf-8", "replace")),
-                )
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield RawRow(
-                    src,
-                    where,
-                    reason="malformed_json",
-                    detail=e.msg,
-                    raw=_snippet(text.rstrip("\n")),
-                )
-                continue
-            yield row_from_object(obj, src, where, field_name, answer_field, "")
+    for n, line in iter_lines(p):
+        where = f"{p.name}:{n}"
+        try:
+            obj = parse_line(line)
+        except BadLine as e:
+            yield RawRow(
+                src, where, reason=e.reason, detail=e.detail, raw=_snippet(e.text.rstrip("\n"))
+            )
+            continue
+        yield row_from_object(obj, src, where, field_name, answer_field, "")
+
+
+def _arrow_rows(
+    path: Path, batches: Callable[[], Iterator[Any]], kind: str
+) -> Iterator[dict[str, Any]]:
+    """The rows of an Arrow-backed file; a corrupt or unreadable file is a QuerySourceError
+    naming it (pyarrow's own errors name no file, and ArrowInvalid would pass for a bug)."""
+    import pyarrow as pa
+
+    try:
+        for batch in batches():
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise QuerySourceError(f"{path}: not a readable {kind} file ({first})") from None
 
 
 def _read_table_rows(
@@ -179,11 +180,11 @@ def read_parquet(
     for f in files:
         src = source or f.name
 
-        def rows(f: Path = f) -> Iterator[dict[str, Any]]:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                yield from batch.to_pylist()
+        def batches(f: Path = f) -> Iterator[Any]:
+            return pq.ParquetFile(f).iter_batches(batch_size=1024)
 
-        yield from _read_table_rows(rows(), f.name, src, field_name, answer_field)
+        rows = _arrow_rows(f, batches, "Parquet")
+        yield from _read_table_rows(rows, f.name, src, field_name, answer_field)
 
 
 def read_hf_disk(
@@ -225,12 +226,12 @@ def read_hf_disk(
     src = source or p.name
     for f in sorted(glob.glob(str(folder / "data-*.arrow"))):
 
-        def rows(f: str = f) -> Iterator[dict[str, Any]]:
+        def stream(f: str = f) -> Iterator[Any]:
             with pa.memory_map(f) as mm:
-                for batch in pa.ipc.open_stream(mm):
-                    yield from batch.to_pylist()
+                yield from pa.ipc.open_stream(mm)
 
-        yield from _read_table_rows(rows(), Path(f).name, src, field_name, answer_field)
+        rows = _arrow_rows(Path(f), stream, "Arrow")
+        yield from _read_table_rows(rows, Path(f).name, src, field_name, answer_field)
 
 
 def sharegpt_path() -> Path:
@@ -255,9 +256,19 @@ def iter_json_array(
     Yields ``(index, object, "")`` per complete element and, if the file ends inside an element
     (the packaged ShareGPT file is cut at 125 MB), one final ``(index, None, tail)``. Only a
     window of the file is held in memory, so reading the first thousand queries reads ~10 MB.
+    A leading byte-order mark is skipped; bytes that are not UTF-8, or an element nested too
+    deeply to parse, stop the read with a QuerySourceError naming the file (unlike a JSONL line,
+    a broken element of one array cannot be stepped over).
     """
+    try:
+        yield from _iter_json_array(path, chunk_chars)
+    except UnicodeDecodeError as e:
+        raise QuerySourceError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+
+
+def _iter_json_array(path: str | Path, chunk_chars: int) -> Iterator[tuple[int, Any | None, str]]:
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         buf = f.read(chunk_chars)
         start = buf.find("[")
         if start < 0:
@@ -277,7 +288,7 @@ def iter_json_array(
                 continue
             try:
                 obj, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError:  # the element is cut by the window (or the file)
                 if eof:
                     yield index, None, buf[pos:]
                     return
@@ -285,6 +296,11 @@ def iter_json_array(
                 eof = not more
                 buf, pos = buf[pos:] + more, 0
                 continue
+            except (RecursionError, ValueError) as e:  # too deep; an int over the digit limit
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                raise QuerySourceError(
+                    f"{path}: element {index} of the JSON array cannot be read ({why})"
+                ) from None
             yield index, obj, ""
             index += 1
             pos = end

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from ptr_ray.data import benchmarks as b
@@ -53,3 +55,22 @@ def test_decontamination_texts_cover_all_sets():
     texts = b.decontamination_texts()
     assert len(texts) > 19000
     assert any("Janet" in t and "ducks" in t for t in texts)
+
+
+def test_custom_jsonl_counts_deep_and_non_utf8_rows_and_reads_a_bom(tmp_path):
+    from ptr_ray.data.benchmarks import load_jsonl
+
+    p = tmp_path / "mine.jsonl"
+    p.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps({"question": "2+2?", "answer": "4"}).encode()
+        + b"\n"
+        + b"[" * 100_000
+        + b"\n"
+        + b'{"question": "caf\xe9?", "answer": "x"}\n'
+        + json.dumps({"question": "3+3?", "answer": "6"}).encode()
+        + b"\n"
+    )
+    items, skipped = load_jsonl(p, "mine")
+    assert [(i.question, i.meta["line"]) for i in items] == [("2+2?", 1), ("3+3?", 4)]
+    assert skipped == {"invalid JSON": 1, "not UTF-8": 1}

@@ -138,3 +138,58 @@ def test_source_limit_and_path_required(tmp_path):
     assert [r.query for r in Q.read_source(cfg)] == ["q0?", "q1?", "q2?"]
     with pytest.raises(Q.QuerySourceError, match="needs a path"):
         list(Q.read_source(QuerySourceConfig(kind="jsonl")))
+
+
+def test_jsonl_deep_nesting_and_huge_ints_are_counted_malformed_rows(tmp_path):
+    p = tmp_path / "q.jsonl"
+    _write_lines(
+        p,
+        [
+            b"[" * 100_000,  # json.loads raises RecursionError on this
+            b'{"query": ' + b"9" * 5000 + b"}",  # and ValueError (int digit limit) on this
+            json.dumps({"query": "still read?"}).encode(),
+        ],
+    )
+    rows = list(Q.read_jsonl(p))
+    assert [(r.reason, r.where) for r in rows] == [
+        ("malformed_json", "q.jsonl:1"),
+        ("malformed_json", "q.jsonl:2"),
+        (None, "q.jsonl:3"),
+    ]
+    assert rows[0].detail == "nested too deeply" and len(rows[0].raw) < 400
+    assert rows[2].query == "still read?"
+
+
+def test_jsonl_bom_on_row_one_is_not_malformed(tmp_path):
+    p = tmp_path / "q.jsonl"
+    _write_lines(p, [b"\xef\xbb\xbf" + json.dumps({"query": "first?"}).encode()])
+    assert [(r.query, r.reason) for r in Q.read_jsonl(p)] == [("first?", None)]
+
+
+def test_json_array_bom_non_utf8_and_deep_nesting(tmp_path):
+    p = tmp_path / "arr.json"
+    p.write_bytes(b'\xef\xbb\xbf[{"a": 1}]')
+    assert [o for _, o, _ in Q.iter_json_array(p)] == [{"a": 1}]
+    p.write_bytes(b'[{"a": "caf\xe9"}]')
+    with pytest.raises(Q.QuerySourceError, match=r"arr\.json is not UTF-8"):
+        list(Q.iter_json_array(p))
+    p.write_bytes(b'[{"a": 1}, ' + b"[" * 100_000 + b"]")
+    with pytest.raises(Q.QuerySourceError, match=r"arr\.json: element 1 .*\(nested too deeply\)"):
+        list(Q.iter_json_array(p))
+
+
+def test_corrupt_parquet_and_arrow_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 but not really")
+    with pytest.raises(Q.QuerySourceError, match=r"bad\.parquet: not a readable Parquet file"):
+        list(Q.read_parquet(bad, "q"))
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "data-00000-of-00001.arrow").write_bytes(b"garbage")
+    with pytest.raises(Q.QuerySourceError, match=r"data-00000-of-00001\.arrow: not a readable"):
+        list(Q.read_hf_disk(d, "q"))
+
+
+def test_a_folder_given_as_jsonl_is_a_clear_error(tmp_path):
+    with pytest.raises(Q.QuerySourceError, match="is a folder"):
+        list(Q.read_jsonl(tmp_path))
