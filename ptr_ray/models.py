@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ptr_ray.errors import PtrRayValueError
-from ptr_ray.fsutil import atomic_dir
+from ptr_ray.fsutil import atomic_dir, recover_dir
 from ptr_ray.packaged import package_dir
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,9 @@ def resolve_model(source: str) -> str:
     if source.startswith(BUILTIN_PREFIX):
         return str(prepare_builtin(source[len(BUILTIN_PREFIX) :]))
     p = Path(source).expanduser()
+    if not p.exists() and p.parent.is_dir():
+        # An export killed between atomic_dir's two renames leaves the old model aside.
+        recover_dir(p)
     if p.exists():
         if not (p / "config.json").is_file():
             raise ModelSourceError(f"model folder {p} has no config.json")

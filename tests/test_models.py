@@ -126,3 +126,27 @@ def test_cli_reports_a_model_source_error_in_one_line(cache, capsys):
     assert main(["models", "prepare", "builtin:nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ptr-ray: error:") and "smollm2-135m" in err and "\n" not in err
+
+
+def test_resolve_model_recovers_an_export_killed_between_its_two_renames(tmp_path):
+    # What atomic_dir leaves when its writer dies after moving the old model aside and before
+    # moving the new one in: the reader puts the complete old model back instead of failing.
+    import subprocess
+    import sys
+    import uuid
+
+    from ptr_ray.fsutil import _host
+
+    pid = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    aside = tmp_path / f".model-old.{_host()}.{pid}.0.{uuid.uuid4().hex[:8]}"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    assert models.resolve_model(str(tmp_path / "model")) == str((tmp_path / "model").resolve())
+    assert (tmp_path / "model" / "config.json").is_file() and not aside.exists()
