@@ -278,14 +278,33 @@ class IngressDeployment:
     """The FastAPI app (ptr_ray.serve.api), built inside each replica around the handle.
 
     Built in ``__serve_build_asgi_app__`` rather than at import time, so each replica's app
-    holds its own handle and metrics."""
+    holds its own handle and metrics, and knows where Serve's HTTP proxies really listen: under
+    ``serve deploy`` only ``args`` reach the app, so ``cfg.host`` is not the bind address, and
+    the fail-closed auth rule (:func:`ptr_ray.serve.auth.resolve_auth`) needs the real one."""
 
     def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(settings)
         self.backend = HandleBackend(engine)
 
-    def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.cfg)
+    async def __serve_build_asgi_app__(self):
+        return create_app(self.backend, self.cfg, bind_host=await _proxy_host())
+
+
+async def _proxy_host() -> str:
+    """The host Serve's HTTP proxies bind (``http_options.host``), asked of the Serve
+    controller. Ray has no public API for it; if the private call fails the answer is "" (an
+    unknown address counts as reachable from outside, so auth stays required: fail closed)."""
+    try:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return str((await controller.get_http_config.remote()).host)
+    except Exception as e:  # noqa: BLE001 - fail closed, and say why
+        log.warning(
+            "could not read Serve's HTTP host (%s: %s); assuming it is public", type(e).__name__, e
+        )
+        return ""
 
 
 def build_application(cfg: ServeConfig):
@@ -313,11 +332,15 @@ def run_serve(cfg: ServeConfig) -> None:
 
     from ptr_ray.models import resolve_model
     from ptr_ray.ray_utils import init_ray
+    from ptr_ray.serve.auth import resolve_auth
 
+    key = os.environ.get(cfg.api_key_env)
+    # Fail closed before anything starts: serving beyond loopback without a key is a one-line
+    # error now, not an ingress replica that fails to start over and over.
+    resolve_auth(cfg, key, cfg.host)
     # Resolve (and convert, once) the model here: a bad source is a one-line error now, not a
     # replica that fails to start over and over.
     resolve_model(cfg.engine.model)
-    key = os.environ.get(cfg.api_key_env)
     if key:
         # The ingress replicas may run on other nodes: hand them the token explicitly rather
         # than rely on inheriting this process's environment (auth must never silently lapse).

@@ -265,3 +265,17 @@ def test_run_items_starts_with_accepted_and_names_each_rounds_request(fake_backe
     items = asyncio.run(go())
     assert items[0] == {"type": "accepted"} and items[-1]["type"] == "end"
     assert [c[0] for c in backend.calls] == ["x-r1", "x-r2"]
+
+
+def test_ptr_ray_serve_refuses_a_public_host_without_a_key_before_starting_anything(monkeypatch):
+    import ray
+
+    from ptr_ray.serve.app import run_serve
+    from ptr_ray.serve.auth import AuthConfigError
+
+    monkeypatch.delenv("PTR_API_KEY", raising=False)
+    cfg = ServeConfig.model_validate({"engine": {"model": "/no/such/model"}, "host": "0.0.0.0"})
+    was_up = ray.is_initialized()
+    with pytest.raises(AuthConfigError, match="PTR_API_KEY"):
+        run_serve(cfg)  # not the model error: auth is checked first, and Ray is not started
+    assert ray.is_initialized() == was_up
