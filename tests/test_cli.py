@@ -11,7 +11,7 @@ import pytest
 from ptr_ray import cli
 from ptr_ray.config import ConfigError
 from ptr_ray.data.queries import QuerySourceError
-from ptr_ray.errors import PtrRayError
+from ptr_ray.errors import PtrRayError, PtrRayRuntimeError
 from ptr_ray.records import DatasetError
 from ptr_ray.train.trainer import TrainingFailed
 
@@ -41,6 +41,7 @@ EXPECTED = [
         ["max_failures=2", "/runs/t/train.log"],
     ),
     (PtrRayError("the run failed\n  on two lines"), 1, ["the run failed on two lines"]),
+    (PtrRayRuntimeError("code sandbox failed (exit 1): killed"), 1, ["code sandbox failed"]),
     (
         PermissionError(13, "Permission denied", "/srv/out/model"),
         1,
