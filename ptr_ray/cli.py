@@ -122,6 +122,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _refine(args: argparse.Namespace) -> int:
+    if not args.query.strip():  # checked here too: the client raises a plain ValueError
+        raise PtrRayValueError("the query is empty; give the question as the argument")
     fn = _load("ptr_ray.serve.client:refine_command")
     return int(fn(args) or 0)  # type: ignore[operator]
 

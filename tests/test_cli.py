@@ -195,3 +195,8 @@ def test_dataset_shard_with_bom_reads(tmp_path):
     row = {"id": "1", "query": "q?", "thoughts": ["t"], "answer": "a"}
     (ds / "part-0.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")
     assert [r.query for r in read_records(ds)] == ["q?"]
+
+
+def test_refine_with_an_empty_query_is_one_line(capsys):
+    assert cli.main(["refine", "  "]) == 2
+    assert "the query is empty" in _one_error_line(capsys.readouterr().err)
