@@ -8,7 +8,6 @@ dataset record keeps query, thoughts and answer apart, and training renders them
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ptr_ray import prompts
 from ptr_ray.errors import PtrRayValueError
+from ptr_ray.jsonl import BadLine, iter_lines, parse_line
 
 STRONG_SYSTEM = (
     "You improve answers. You are given a user's query and draft answers written by a weaker "
@@ -41,25 +41,36 @@ def packaged_examples_path() -> Path:
 
 
 def load_examples(path: str | Path | None = None) -> list[IclExample]:
-    """Worked examples from a JSONL file (``query``, ``thoughts`` list, ``answer`` per line)."""
+    """Worked examples from a JSONL file (``query``, ``thoughts`` list, ``answer`` per line).
+
+    The file is a user's (``strong.icl_examples``), so it is read through
+    :mod:`ptr_ray.jsonl` like every JSONL input: a byte-order mark is fine, and a line that is
+    not UTF-8 or not JSON (nested too deeply included) is one :class:`IclError` naming file and
+    line, never a ``UnicodeDecodeError`` or ``RecursionError`` that names neither.
+    """
     p = Path(path) if path else packaged_examples_path()
     if not p.is_file():
         raise IclError(f"in-context examples file not found: {p}")
     out: list[IclExample] = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ex = IclExample(
-                    str(row["query"]), tuple(str(t) for t in row["thoughts"]), str(row["answer"])
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise IclError(f"{p}:{n}: not a worked example ({type(e).__name__}: {e})") from None
-            if not ex.query.strip() or not ex.answer.strip() or not ex.thoughts:
-                raise IclError(f"{p}:{n}: query, thoughts and answer must be non-empty")
-            out.append(ex)
+    for n, raw in iter_lines(p):
+        try:
+            row = parse_line(raw)
+        except BadLine as e:
+            raise IclError(f"{p}:{n}: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("thoughts"), list):
+            raise IclError(
+                f"{p}:{n}: not a worked example: each line must be a JSON object with "
+                '"query", "thoughts" (a list) and "answer"'
+            )
+        try:
+            ex = IclExample(
+                str(row["query"]), tuple(str(t) for t in row["thoughts"]), str(row["answer"])
+            )
+        except KeyError as e:
+            raise IclError(f"{p}:{n}: not a worked example: no {e} field") from None
+        if not ex.query.strip() or not ex.answer.strip() or not ex.thoughts:
+            raise IclError(f"{p}:{n}: query, thoughts and answer must be non-empty")
+        out.append(ex)
     if not out:
         raise IclError(f"{p} holds no examples")
     return out

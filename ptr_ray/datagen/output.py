@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ptr_ray.fsutil import write_json_atomic
+from ptr_ray.jsonl import BadLine, iter_lines, parse_line
 from ptr_ray.records import (
     FORMAT_VERSION,
     META_FILE,
     STATS_FILE,
+    DatasetError,
     check_format_version,
     iter_file,
 )
@@ -74,6 +76,21 @@ def _repair_jsonl(path: Path) -> bool:
         return True
 
 
+_FIX_REJECT = "fix or delete that line (a deleted rejection's row is only tried again)"
+
+
+def _reject_entry(path: Path, n: int, raw: bytes) -> dict[str, Any]:
+    """One line of rejects.jsonl; a line that is not a JSON object is a DatasetError naming
+    ``rejects.jsonl:<line>`` (only a torn *last* line is a killed run's, cut off before)."""
+    try:
+        entry = parse_line(raw)
+    except BadLine as e:
+        raise DatasetError(f"{path}:{n}: {e}; {_FIX_REJECT}") from None
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{path}:{n}: a rejection must be a JSON object; {_FIX_REJECT}")
+    return entry
+
+
 def scan(folder: Path) -> Existing:
     """Read an output folder left by earlier runs (nothing there: an empty result)."""
     ex = Existing()
@@ -99,18 +116,16 @@ def scan(folder: Path) -> Existing:
     if rej.is_file():
         if _repair_jsonl(rej):
             ex.repaired.append(rej.name)
-        with open(rej, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                ex.reject_keys.add(reject_key(entry))
-                if (
-                    entry.get("stage") == "generate"
-                    and entry.get("id")
-                    and entry.get("reason") not in RETRYABLE
-                ):
-                    ex.final_reject_ids.add(entry["id"])
+            log.warning("%s ended in a torn line (killed run?); cut it off", rej)
+        for n, raw in iter_lines(rej):
+            entry = _reject_entry(rej, n, raw)
+            ex.reject_keys.add(reject_key(entry))
+            if (
+                entry.get("stage") == "generate"
+                and entry.get("id")
+                and entry.get("reason") not in RETRYABLE
+            ):
+                ex.final_reject_ids.add(entry["id"])
     return ex
 
 

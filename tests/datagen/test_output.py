@@ -74,3 +74,38 @@ def test_stats_keep_history_and_meta_accumulates(tmp_path):
     output.update_meta(tmp_path, "b", {"strong_model": "m", "run": {"rows_out": 0}})
     m = json.loads((tmp_path / "meta.json").read_text())
     assert m["format_version"] == FORMAT_VERSION and [r["run_id"] for r in m["runs"]] == ["a", "b"]
+
+
+def _rejects(tmp_path, content: bytes):
+    (tmp_path / output.REJECTS_FILE).write_bytes(content)
+
+
+_REJECT = json.dumps({"stage": "generate", "reason": "low_consistency", "id": "abc"}).encode()
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (b'{"stage": "generate", "reas', ["not valid JSON"]),
+        (b'{"stage": "caf\xe9"}', ["not valid UTF-8", "0xe9"]),
+        (b"[" * 100_000, ["nested too deeply"]),
+        (b'["generate", "low_consistency"]', ["must be a JSON object"]),
+    ],
+    ids=["malformed", "latin1", "deep", "not_object"],
+)
+def test_scan_corrupt_reject_line_is_dataset_error_naming_line(tmp_path, bad, words):
+    _rejects(tmp_path, _REJECT + b"\n\n" + bad + b"\n" + _REJECT + b"\n")
+    with pytest.raises(DatasetError) as info:
+        output.scan(tmp_path)
+    msg = str(info.value)
+    assert f"{output.REJECTS_FILE}:3:" in msg and "\n" not in msg
+    assert msg.startswith(str(tmp_path / output.REJECTS_FILE)) and "delete that line" in msg
+    for word in words:
+        assert word in msg
+
+
+def test_scan_cuts_torn_last_reject_line_and_reads_bom(tmp_path):
+    _rejects(tmp_path, b"\xef\xbb\xbf" + _REJECT + b"\n" + _REJECT[:15])
+    ex = output.scan(tmp_path)
+    assert ex.final_reject_ids == {"abc"} and ex.repaired == [output.REJECTS_FILE]
+    assert (tmp_path / output.REJECTS_FILE).read_bytes().endswith(b"\n")
