@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.eval.report import EvalReport, SummaryRow, plot_accuracy
 from ptr_ray.experiment.analysis import SEMANTICS, VerdictRow, headline_rows
 from ptr_ray.fsutil import atomic_write
@@ -281,7 +282,9 @@ def write_experiment_report(
     from ptr_ray.config import dump_config
 
     if not runs:
-        raise ValueError("no evaluation runs to report")
+        raise PtrRayValueError(
+            "no evaluation runs to report: runs is empty (one run per entry of refine_instructions)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from ptr_ray.config import ConfigError, ExperimentConfig, load_config
+from ptr_ray.errors import PtrRayValueError
 from ptr_ray.experiment.analysis import analyse
 from ptr_ray.experiment.report import InstructionRun, write_experiment_report
 
@@ -66,6 +67,13 @@ def test_report_files(tmp_path, report):
     assert len(hyps) == 8 and {h["instruction"] for h in hyps} == {1}
     again = load_config(ExperimentConfig, paths["config"])
     assert again == cfg
+
+
+def test_no_runs_is_a_one_line_value_error(tmp_path):
+    with pytest.raises(PtrRayValueError, match="no evaluation runs to report") as info:
+        write_experiment_report(_cfg(tmp_path), [], tmp_path / "out")
+    assert "\n" not in str(info.value) and "refine_instructions" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_experiment_config_checks():
