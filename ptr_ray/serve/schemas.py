@@ -170,7 +170,7 @@ def _cap(props: dict[str, Any], name: str, kind: str, **limits: Any) -> None:
 
 def openapi_components(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
     """JSON schemas of the request bodies this server takes (strict or lenient, per
-    ``cfg.strict``) and of its error body, with the server's limits written in (maximum
+    ``cfg.strict``, under one name either way) and of its error body, with the server's limits written in (maximum
     rounds, max_tokens, stop and prompt sizes, the model names), keyed by component name."""
     refine, chat = (
         (RefineRequest, ChatCompletionRequest)
@@ -182,6 +182,8 @@ def openapi_components(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
         ref_template="#/components/schemas/{model}",
     )
     defs: dict[str, dict[str, Any]] = top["$defs"]
+    for model, name in ((refine, "RefineRequest"), (chat, "ChatCompletionRequest")):
+        defs[name] = defs.pop(model.__name__)  # the routes refer to one name in both modes
     names = sorted({cfg.served_model_name, cfg.engine.model})
     budget = (
         f" This server: rounds x max_tokens <= {cfg.max_total_tokens} (max_total_tokens), "
@@ -189,8 +191,11 @@ def openapi_components(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
         f"{cfg.max_messages} messages (max_messages), a body of at most {cfg.max_body_bytes} "
         f"bytes (max_body_bytes) nested at most {cfg.max_json_depth} deep (max_json_depth)."
     )
-    for model, rounds_field in ((refine, "rounds"), (chat, "refinement_rounds")):
-        schema = defs[model.__name__]
+    for name, rounds_field in (
+        ("RefineRequest", "rounds"),
+        ("ChatCompletionRequest", "refinement_rounds"),
+    ):
+        schema = defs[name]
         schema["description"] = (schema.get("description") or "") + budget
         props = schema["properties"]
         _cap(props, rounds_field, "integer", maximum=cfg.max_rounds)
@@ -206,11 +211,21 @@ def openapi_components(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
         _cap(props, "model", "string", enum=names)
         _cap(props, "messages", "array", minItems=1, maxItems=cfg.max_messages)
     _cap(
-        defs[refine.__name__]["properties"],
+        defs["RefineRequest"]["properties"],
         "query",
         "string",
         maxLength=cfg.max_prompt_chars,
         pattern=r"\S",
     )
-    _cap(defs["ChatMessage"]["properties"], "content", "string", maxLength=cfg.max_prompt_chars)
+    content = defs["ChatMessage"]["properties"]
+    _cap(content, "content", "string", maxLength=cfg.max_prompt_chars)
+    text_part = {
+        "type": "object",
+        "properties": {
+            "type": {"const": "text"},
+            "text": {"type": "string", "maxLength": cfg.max_prompt_chars},
+        },
+        "required": ["type", "text"],
+    }
+    _cap(content, "content", "array", items=text_part)
     return defs
