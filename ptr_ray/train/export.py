@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,29 @@ COMPLETE = ".complete"
 
 
 class ExportError(PtrRayValueError):
-    """A checkpoint or base model that cannot be exported (no DeepSpeed tag, no chat template)."""
+    """A checkpoint or base model that cannot be exported (no DeepSpeed tag, no chat template,
+    a damaged checkpoint file, weights that do not fit ``base_model``)."""
+
+
+MISMATCH_HINT = "export with the base_model (and lora settings) the run was trained from"
+
+
+def load_matching(model: Any, sd: dict, origin: str, base_model: Any) -> tuple[list, list]:
+    """``model.load_state_dict(sd, strict=False)``; a tensor of the wrong shape is an
+    :class:`ExportError` naming both sides, not torch's multi-line ``RuntimeError``.
+
+    A wrong ``base_model`` of the same family (another size) fails exactly here: torch refuses
+    a shape mismatch even when ``strict`` is off. Returns (missing, unexpected) keys.
+    """
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # torch's state-dict mismatch report ("size mismatch for ...")
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if ln.startswith("size mismatch")), " ".join(lines))
+        raise ExportError(
+            f"checkpoint {origin} does not match {base_model}: {first.rstrip('.')}; {MISMATCH_HINT}"
+        ) from e  # --debug shows torch's full report
+    return list(missing), list(unexpected)
 
 
 def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
@@ -47,13 +70,29 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        try:
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+            raise ExportError(_damaged(tag_dir, e)) from e
     else:
         states = tag_dir / "mp_rank_00_model_states.pt"
         if not states.is_file():
             raise ExportError(f"{tag_dir} has neither ZeRO shards nor {states.name}")
-        sd = torch.load(states, map_location="cpu", weights_only=False)["module"]
+        try:
+            sd = torch.load(states, map_location="cpu", weights_only=False)["module"]
+        except (RuntimeError, KeyError, EOFError, TypeError, pickle.UnpicklingError) as e:
+            raise ExportError(_damaged(states, e)) from e
     return {k: v.float() for k, v in sd.items()}
+
+
+def _damaged(path: Path, e: BaseException) -> str:
+    """One line for a checkpoint that torch or DeepSpeed cannot read (a truncated copy, a
+    foreign file): what failed and what to do, instead of the loader's traceback."""
+    what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return (
+        f"{path}: not a readable DeepSpeed checkpoint ({type(e).__name__}: {what}); "
+        "it is damaged or was not written by ptr-ray: remove it or export another checkpoint"
+    )
 
 
 def live_state_dict(engine: Any, zero_stage: int, rank: int) -> dict | None:
@@ -125,15 +164,15 @@ def export_state_dict(
     else:
         config = AutoConfig.from_pretrained(base_model)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = load_matching(model, sd, origin, base_model)
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         if isinstance(getattr(model, "_tied_weights_keys", None), dict):
             tied = set(model._tied_weights_keys)
         missing = [k for k in missing if k not in tied and not k.startswith("lm_head.")]
         if missing or unexpected:
-            raise RuntimeError(
+            raise ExportError(
                 f"checkpoint {origin} does not match {base_model}: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
+                f"unexpected {unexpected[:5]}; {MISMATCH_HINT}"
             )
     model.tie_weights()
     torch_dtype = getattr(torch, dtype)

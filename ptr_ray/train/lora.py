@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from ptr_ray.config import ConfigError
+from ptr_ray.train.export import MISMATCH_HINT, ExportError, load_matching
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,22 @@ def merged_model(state_dict: dict, base_model: Any, section: Any, ckpt: str = ""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    check_targets(model, section)  # a base_model without those modules: one line, not peft's
     peft_model = wrap_lora(model, section)
-    missing, unexpected = peft_model.load_state_dict(state_dict, strict=False)
+    origin = ckpt or "(state dict)"
+    missing, unexpected = load_matching(peft_model, state_dict, origin, base_model)
     missing_adapters = [k for k in missing if ADAPTER_MARK in k]
     if unexpected or missing_adapters:
-        raise RuntimeError(
-            f"checkpoint {ckpt} does not match {base_model} with LoRA {section.model_dump()}: "
-            f"missing adapters {missing_adapters[:5]}, unexpected {unexpected[:5]}"
+        raise ExportError(
+            f"checkpoint {origin} does not match {base_model} with LoRA {section.model_dump()}: "
+            f"missing adapters {missing_adapters[:5]}, unexpected {unexpected[:5]}; {MISMATCH_HINT}"
         )
     n_adapters = sum(ADAPTER_MARK in k for k in state_dict)
-    if n_adapters == 0:
-        raise RuntimeError(f"checkpoint {ckpt} holds no LoRA adapter weights")
+    if n_adapters == 0:  # (only when the wrapper itself has no adapters: caught above else)
+        raise ExportError(
+            f"checkpoint {origin} holds no LoRA adapter weights; it is not from a LoRA run: "
+            "export it with lora.enabled=false"
+        )
     merged = peft_model.merge_and_unload()
     left = [n for n, _ in merged.named_parameters() if ADAPTER_MARK in n]
     if left:

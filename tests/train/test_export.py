@@ -16,7 +16,13 @@ import pytest
 import torch
 
 from ptr_ray.config import ConfigError, TrainConfig, load_config
-from ptr_ray.train.export import COMPLETE, export_state_dict, live_state_dict
+from ptr_ray.train.export import (
+    COMPLETE,
+    ExportError,
+    consolidated_state_dict,
+    export_state_dict,
+    live_state_dict,
+)
 from ptr_ray.train.worker import step_model_dir
 
 
@@ -75,11 +81,49 @@ def test_export_state_dict_writes_the_final_export_layout(tiny_model_dir, tmp_pa
     saved = load_file(out / "model.safetensors")
     for k, v in saved.items():
         assert v.dtype == torch.bfloat16 and torch.equal(v, sd[k].to(torch.bfloat16)), k
-    with pytest.raises(RuntimeError, match="step 3 does not match"):
+    with pytest.raises(ExportError, match="step 3 does not match") as info:
         export_state_dict(
             {"nope": torch.zeros(1)}, tiny_model_dir, tmp_path / "bad", origin="step 3"
         )
+    assert str(tiny_model_dir) in str(info.value) and "base_model" in str(info.value)
     assert not (tmp_path / "bad").exists()
+
+
+def test_weights_of_another_size_are_one_export_error(tiny_model_dir, tmp_path):
+    """A wrong base_model of the same family: torch refuses the shapes even with strict off;
+    the error is one ptr-ray line naming checkpoint, base model and tensor, not a bug."""
+    from transformers import AutoModelForCausalLM
+
+    sd = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    sd = {k: v.clone() for k, v in sd.items()}
+    w = sd["model.embed_tokens.weight"]
+    sd["model.embed_tokens.weight"] = torch.zeros(w.shape[0], w.shape[1] * 2)
+    ckpt = str(tmp_path / "run" / "checkpoint_step0000004")
+    with pytest.raises(ExportError) as info:
+        export_state_dict(sd, tiny_model_dir, tmp_path / "out", origin=ckpt)
+    msg = str(info.value)
+    assert "\n" not in msg and not isinstance(info.value, RuntimeError)
+    assert msg.startswith(f"checkpoint {ckpt} does not match {tiny_model_dir}: size mismatch")
+    assert "model.embed_tokens.weight" in msg and "base_model" in msg
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", b"PK\x03\x04truncated"])
+def test_damaged_checkpoint_file_is_one_export_error_naming_it(tmp_path, content):
+    tag = tmp_path / "checkpoint_step0000002" / "ds"
+    tag.mkdir(parents=True)
+    states = tag / "mp_rank_00_model_states.pt"
+    states.write_bytes(content)
+    with pytest.raises(ExportError) as info:
+        consolidated_state_dict(tmp_path / "checkpoint_step0000002")
+    msg = str(info.value)
+    assert msg.startswith(f"{states}: not a readable DeepSpeed checkpoint") and "\n" not in msg
+    assert "remove it" in msg
+    torch.save({"no_module": 1}, states)  # a torch file, but not a DeepSpeed checkpoint
+    with pytest.raises(ExportError, match="KeyError"):
+        consolidated_state_dict(tmp_path / "checkpoint_step0000002")
+    with pytest.raises(ExportError, match="holds no DeepSpeed checkpoint tag 'ds'"):
+        consolidated_state_dict(tmp_path)
 
 
 _ZERO3_SCRIPT = textwrap.dedent("""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptr_ray.config import LoraConfig, TrainConfig
+from ptr_ray.config import ConfigError, LoraConfig, TrainConfig
+from ptr_ray.train.export import ExportError
 from ptr_ray.train.lora import check_targets, count_params, merged_model, wrap_lora
 
 
@@ -88,8 +89,29 @@ def test_merged_model_equals_base_plus_delta(tiny_model_dir):
 
     # a checkpoint without adapters (a non-LoRA run) is refused, not silently exported
     plain = {f"base_model.model.{k}": v for k, v in base.state_dict().items()}
-    with pytest.raises(RuntimeError, match="missing adapters"):
-        merged_model(plain, tiny_model_dir, section)
+    with pytest.raises(ExportError, match="missing adapters") as info:
+        merged_model(plain, tiny_model_dir, section, "/runs/ift/checkpoint_step0000004")
+    msg = str(info.value)
+    assert msg.startswith(
+        f"checkpoint /runs/ift/checkpoint_step0000004 does not match {tiny_model_dir}"
+    )
+    assert "\n" not in msg and "base_model" in msg
+
+    # adapters of another shape (trained with another r, or on another base model): one line
+    wrong = dict(sd)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    wrong[key] = torch.zeros(wrong[key].shape[0] * 2, wrong[key].shape[1])
+    with pytest.raises(ExportError) as info:
+        merged_model(wrong, tiny_model_dir, section, "/runs/ptr/checkpoint_step0000004")
+    msg = str(info.value)
+    assert "\n" not in msg and "size mismatch" in msg and key in msg
+    assert msg.startswith(
+        f"checkpoint /runs/ptr/checkpoint_step0000004 does not match {tiny_model_dir}"
+    )
+
+    # a base model without the trained target modules: the config error, not peft's ValueError
+    with pytest.raises(ConfigError, match=r"\['wq'\] not found"):
+        merged_model(sd, tiny_model_dir, LoraConfig(enabled=True, target_modules=["wq"]), "c")
 
 
 def test_bad_lora_config(tiny_model_dir):
