@@ -11,6 +11,11 @@ query -- inside a Ray task that asks for the engine's resources (``engine.num_gp
 it lands on a worker that fits (the autoscaler adds one if none is up) and proves that the
 worker's Python imports ptr_ray, sees its accelerator and loads the model. The driver then
 prints one summary line per model and the node that answered.
+
+A failure is reported as ``ptr-ray`` reports it: a bad config is one line
+(``smoke job: error: ...``, exit 2), and so is anything a user can cause later, even inside
+the task (``ptr-ray: error: ...``, exit 1 or 2); a bug shows its traceback (exit 70).
+``--debug`` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import os
 import socket
 import sys
 import time
+import traceback
 from typing import Any
 
-from ptr_ray.cli import build_parser, configure_logging
+from ptr_ray.cli import EXIT_USAGE, build_parser, configure_logging, report
 from ptr_ray.config import ConfigError, RayConfig, SmokeConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -49,15 +55,8 @@ def _smoke_on_worker(cfg: SmokeConfig) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(["smoke", *(sys.argv[1:] if argv is None else argv)])
-    configure_logging()
-    try:
-        cfg = load_config(SmokeConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"smoke job: error: {e}", file=sys.stderr)
-        return 2
-
+def _run(cfg: SmokeConfig) -> int:
+    """Connect to the cluster, run the smoke in a task that fits the engine, print the summary."""
     import ray
 
     from ptr_ray.ray_utils import ray_session
@@ -99,6 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         preview = " ".join(answer.split())[:120]
         print(f"  {source}: {preview!r}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status and error lines as ``ptr-ray`` (ptr_ray/cli.py): one line for a failure the
+    user can act on, even one raised inside the Ray task (``report`` unwraps ``RayTaskError``),
+    a traceback for a bug; ``--debug`` shows every traceback."""
+    args = build_parser().parse_args(["smoke", *(sys.argv[1:] if argv is None else argv)])
+    configure_logging()
+    debug = getattr(args, "debug", False)
+    try:
+        cfg = load_config(SmokeConfig, args.config, args.overrides)
+    except ConfigError as e:  # the job's own prefix: job logs (and the cluster tests) show it
+        if debug:
+            traceback.print_exc()
+        print(f"smoke job: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(cfg)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported as the CLI does
+        return report(e, debug)
 
 
 if __name__ == "__main__":
