@@ -70,6 +70,9 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
     ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        # zero_to_fp32 loads with torch.load(weights_only=False), hard-coded: the ZeRO optimizer
+        # shards pickle DeepSpeed objects (LossScaler, ZeroStageEnum, fragment_address), so they
+        # are not weights-only; they are the run's own checkpoints, in its own storage.
         try:
             sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
@@ -78,8 +81,8 @@ def consolidated_state_dict(ckpt_dir: str | Path, tag: str = "ds") -> dict:
         states = tag_dir / "mp_rank_00_model_states.pt"
         if not states.is_file():
             raise ExportError(f"{tag_dir} has neither ZeRO shards nor {states.name}")
-        try:
-            sd = torch.load(states, map_location="cpu", weights_only=False)["module"]
+        try:  # stage 0's model states are tensors, dicts and plain values (fp32 and bf16)
+            sd = torch.load(states, map_location="cpu", weights_only=True)["module"]
         except (RuntimeError, KeyError, EOFError, TypeError, pickle.UnpicklingError) as e:
             raise ExportError(_damaged(states, e)) from e
     return {k: v.float() for k, v in sd.items()}
