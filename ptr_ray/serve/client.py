@@ -87,7 +87,8 @@ def refine_command(args: Any, out: TextIO | None = None) -> int:
         body["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         body["temperature"] = args.temperature
-    key = args.api_key or os.environ.get("PTR_API_KEY") or None
+    # The server's variable may hold several keys (comma-separated): a client sends the first.
+    key = args.api_key or os.environ.get("PTR_API_KEY", "").split(",")[0].strip() or None
     open_round = 0
     for event, data in refine_stream(args.url, body, key):
         if event == "delta":

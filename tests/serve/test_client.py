@@ -40,3 +40,29 @@ def test_refine_command_prints_rounds_as_they_arrive(monkeypatch, capsys, make_c
 def test_iter_sse_parses_named_events_and_done():
     text = 'event: round\ndata: {"a": 1}\n\n: comment\ndata: {"b": 2}\n\ndata: [DONE]\n\n'
     assert list(iter_sse(iter(text.splitlines()))) == [("round", {"a": 1}), ("message", {"b": 2})]
+
+
+def test_refine_command_sends_the_first_of_several_keys(monkeypatch, capsys, make_client):
+    """The server's PTR_API_KEY may list several keys; a client with the same variable
+    authenticates with the first one."""
+    import httpx
+
+    client, _ = make_client(api_key="k1,k2")
+    sent = []
+
+    def stream(method, url, **kw):
+        sent.append(kw["headers"])
+        return client.stream(
+            method, url.replace("http://s", ""), json=kw["json"], headers=kw["headers"]
+        )
+
+    monkeypatch.setattr(httpx, "stream", stream)
+    monkeypatch.setenv("PTR_API_KEY", " k1 ,k2")
+    args = SimpleNamespace(
+        query="q", rounds=1, url="http://s", max_tokens=None, temperature=None, api_key=None
+    )
+    assert refine_command(args) == 0
+    assert sent == [{"Authorization": "Bearer k1"}]
+    monkeypatch.setenv("PTR_API_KEY", "wrong")
+    with pytest.raises(ValueError, match="server answered 401"):
+        refine_command(args)
