@@ -201,8 +201,9 @@ async def run_items(
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - surfaced to the client as an error item
+            # the details (paths, values) go to the log; the client gets the type only
             log.exception("refinement of %s failed", request_id)
-            err = APIError(500, f"internal error: {type(e).__name__}: {e}", code="internal_error")
+            err = APIError(500, f"internal error: {type(e).__name__}", code="internal_error")
             queue.put_nowait(error_item(err))
 
     task = asyncio.create_task(produce())

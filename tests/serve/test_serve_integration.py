@@ -390,6 +390,19 @@ def test_overload_gets_503_quickly(server):
     )
 
 
+def test_fuzzed_requests_never_get_a_5xx(server):
+    """Schema-driven fuzz (ptr_ray/serve/fuzzing.py) against the real server: ~350 generated
+    requests, valid and invalid: no 5xx, every error OpenAI-style JSON."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from ptr_ray.serve.fuzzing import fuzz
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json", headers=AUTH)
+    caps = {"max_tokens": 8, "max_completion_tokens": 8, "rounds": 2, "refinement_rounds": 2}
+    report = fuzz(schema, examples=60, headers=AUTH, clamp=caps, timeout=120)
+    assert not report.failures, "\n".join([report.summary(), *report.failures])
+    assert report.requests >= 250, report.summary()
+
+
 def _engine_replicas() -> set[str]:
     """Serve's names of this app's live engine replica actors (each replica has its own)."""
     import ray
