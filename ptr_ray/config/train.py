@@ -2,6 +2,7 @@
 
 Training is the one stage that runs inside Ray Train workers, so everything a worker needs to
 rebuild the run (and to resume it from a checkpoint) must be in this one serializable object.
+That is also why a resume compares it key by key with the saved one (ptr_ray/train/resume.py).
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ class TrainConfig(StrictModel):
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=None))
     storage_path: str | None = Field(
         None, description="Ray Train storage (shared FS or s3://); default output_dir/ray"
+    )
+    on_config_change: Literal["refuse", "move_aside"] = Field(
+        "refuse",
+        description="a rerun on an output_dir whose run had another config or dataset: refuse "
+        "(one-line error naming the changed keys) or move_aside (rename the old run to "
+        "<output_dir>.old-<time>, start afresh); the keys that may change on resume are "
+        "ptr_ray/train/resume.py's RESUMABLE_KEYS",
     )
 
     @field_validator("export_steps")

@@ -6,13 +6,17 @@ hands the validated records to a :class:`ray.train.torch.TorchTrainer`. The run 
 ``train`` under ``<output_dir>/ray`` (or ``storage_path``): Ray Train keeps a snapshot of its
 checkpoints there, so a second ``ptr-ray train`` on the same output folder resumes (step,
 optimizer, data position) and a crashed worker group restarts from the last checkpoint
-(``max_failures``).
+(``max_failures``). A second run resumes only the *same* run: one whose config differs in a
+key that changes the math, or whose dataset content differs, is refused or moved aside
+(ptr_ray/train/resume.py).
 
 Output folder::
 
     train_config.yaml   the resolved config
+    train_dataset.json  the dataset's path and content digest (what a resume compares)
     encode_stats.json   episodes, tokens, truncated/skipped/dropped thoughts, steps
-    metrics.jsonl       one line per optimizer step (loss terms, lr, tokens/s, step time)
+    metrics.jsonl       one line per optimizer step (loss terms, lr, tokens/s, step time);
+                        after a resume, still one per step (the replayed steps' lines replaced)
     ray/train/checkpoint_stepNNNNNNN/   DeepSpeed checkpoints (ZeRO shards of every rank)
     model/              bf16 safetensors + tokenizer + chat template + generation config
 """
@@ -26,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ptr_ray.config import ConfigError, TrainConfig, dump_config
+from ptr_ray.config import ConfigError, TrainConfig
 from ptr_ray.errors import PtrRayError
+from ptr_ray.train.resume import dataset_digest, prepare_output
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,10 @@ RUN_NAME = "train"
 
 
 class TrainingFailed(PtrRayError, RuntimeError):
-    """The worker group failed more often than ``max_failures`` allows."""
+    """The worker group failed more often than ``max_failures`` allows.
+
+    A :class:`PtrRayError`, so the CLI prints its one line; also a ``RuntimeError``, for
+    callers written against the builtin."""
 
 
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
@@ -95,9 +103,11 @@ def run_train(cfg: TrainConfig) -> Path:
     t0 = time.time()
     out = Path(cfg.output_dir).expanduser().resolve()
     model_path, records, info = check_inputs(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(update={"output_dir": str(out)})
-    dump_config(cfg, out / "train_config.yaml")
+    storage = cfg.storage_path or str(out / "ray")
+    # Resume only the same run: refuse (or move aside) a folder whose run had another config
+    # or dataset; then train_config.yaml and train_dataset.json describe this run.
+    prepare_output(cfg, out, dataset_digest(records), storage, RUN_NAME)
     log.info(
         "dataset %s: %d records (%d usable in mode %s); shortest answer %d tokens",
         cfg.dataset,
@@ -121,7 +131,6 @@ def run_train(cfg: TrainConfig) -> Path:
         resources = {"CPU": sc.cpus_per_worker}
         if sc.use_gpu:
             resources["GPU"] = sc.gpus_per_worker
-        storage = cfg.storage_path or str(out / "ray")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "records": ray.put(records)},

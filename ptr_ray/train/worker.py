@@ -5,7 +5,8 @@ thought-dropped and packed per epoch; all ranks agree on the number of steps), l
 optionally wraps it with LoRA adapters (peft; only they train), wraps it with
 ``deepspeed.initialize`` (a plain torch AdamW unless the config asks for
 DeepSpeed's own), restores the latest checkpoint if Ray Train has one (a restarted worker group
-or a second run on the same output folder), and trains, reporting metrics every
+or a second run on the same output folder; ``metrics.jsonl`` then loses the lines of the
+steps that run again), and trains, reporting metrics every
 ``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps, and writing
 ``models/step-<N>/`` at each of ``export_steps`` (see :func:`export_step`).
 """
@@ -25,6 +26,7 @@ from typing import Any
 from ptr_ray.fsutil import write_json_atomic
 from ptr_ray.train.ds_config import deepspeed_config, lr_lambda
 from ptr_ray.train.encode import EncodeError
+from ptr_ray.train.resume import METRICS_FILE, trim_metrics
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +210,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            # DeepSpeed reads its files with torch.load(weights_only=False), hard-coded in its
+            # TorchCheckpointEngine: the ZeRO optimizer shards pickle DeepSpeed objects
+            # (LossScaler, ZeroStageEnum, fragment_address with DeepSpeed 0.19), so they are
+            # not weights-only. They are this run's own checkpoints, in its own storage
+            # (output_dir/ray or storage_path: keep it writable by the run's owner only).
             load_path, client = engine.load_checkpoint(d, tag=CKPT_TAG)
             if load_path is None:
                 raise RuntimeError(f"could not load the DeepSpeed checkpoint in {d}")
             start_step = int(client["step"])
         if rank == 0:
             log.info("resumed from %s at step %d", ckpt.path, start_step)
+    metrics_path = out_dir / METRICS_FILE
+    if rank == 0:
+        # The steps after the restored checkpoint (all of them on a fresh start) run again:
+        # their earlier lines go, so metrics.jsonl holds each step once.
+        dropped = trim_metrics(metrics_path, start_step)
+        if dropped:
+            log.info("%s: dropped %d lines past step %d", metrics_path, dropped, start_step)
 
     bar = None
     if rank == 0 and cfg.progress:
@@ -223,7 +237,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if start_step:
             bar.update(start_step)
 
-    metrics_path = out_dir / "metrics.jsonl"
     ce_only = cfg.mode == "ift"
     need_hidden = not ce_only
     micro_batches = [(e, mb) for e, p in enumerate(plans) for mb in p.micro_batches]

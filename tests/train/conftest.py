@@ -3,7 +3,9 @@
 The training code has no test hook: the test trains in its own thread (the driver) while
 :class:`RankZeroKiller` watches the run's folder and SIGKILLs the rank-0 worker process once
 Ray Train's controller has registered a checkpoint and rank 0 has logged a later step, so the
-restarted worker group must resume from that checkpoint and replay the steps after it.
+restarted worker group must resume from that checkpoint and replay the steps after it. The
+resumed run keeps metrics.jsonl at one line per step (ptr_ray/train/resume.py), so the killer
+keeps the lines it saw at the kill (:attr:`Kill.rows`) for the replay to be compared with.
 
 Where the facts come from (Ray 2.60):
 
@@ -44,14 +46,21 @@ class Kill:
     pid: int
     registered_step: int  # newest checkpoint the controller had registered
     logged_step: int  # newest step rank 0 had written to metrics.jsonl
+    # metrics.jsonl's lines at the kill: the resumed run drops those past the checkpoint it
+    # restores (each step is logged once), so the killed attempt's own values live only here
+    rows: tuple[dict, ...] = ()
 
 
-def logged_steps(out: Path) -> list[int]:
+def logged_rows(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
-    return [json.loads(x)["step"] for x in lines if x.endswith("}")]  # skip a half-written line
+    return [json.loads(x) for x in lines if x.endswith("}")]  # skip a half-written line
+
+
+def logged_steps(out: Path) -> list[int]:
+    return [r["step"] for r in logged_rows(out)]
 
 
 def registered_step(out: Path) -> int:
@@ -62,16 +71,6 @@ def registered_step(out: Path) -> int:
     except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being rewritten
         return 0
     return int(latest["metrics"]["step"]) if latest else 0
-
-
-def split_attempts(steps: list[int]) -> list[list[int]]:
-    """The logged steps cut where they go back: one list per worker-group attempt."""
-    attempts: list[list[int]] = []
-    for s in steps:
-        if not attempts or s <= attempts[-1][-1]:
-            attempts.append([])
-        attempts[-1].append(s)
-    return attempts
 
 
 def _rank_zero_pid(storage_path: Path) -> int | None:
@@ -110,8 +109,15 @@ class RankZeroKiller(FaultThread):
         return registered_step(self.out)
 
     def attempts(self) -> list[list[int]]:
-        """The steps in metrics.jsonl, one list per worker-group attempt."""
-        return split_attempts(logged_steps(self.out))
+        """The steps each worker-group attempt logged: the killed one's (from the kill's
+        snapshot), then those metrics.jsonl holds past the checkpoint the next one restored."""
+        steps = logged_steps(self.out)
+        if self.kill is None:
+            return [steps]
+        return [
+            [r["step"] for r in self.kill.rows],
+            [s for s in steps if s > self.kill.registered_step],
+        ]
 
     def _last_logged(self) -> int:
         steps = logged_steps(self.out)
@@ -131,8 +137,9 @@ class RankZeroKiller(FaultThread):
                     os.kill(pid, signal.SIGCONT)  # never leave a frozen worker behind
                     raise
                 if m > c:
+                    rows = tuple(logged_rows(self.out))  # frozen: no line is being written
                     os.kill(pid, signal.SIGKILL)
-                    self.kill = Kill(pid=pid, registered_step=c, logged_step=m)
+                    self.kill = Kill(pid=pid, registered_step=c, logged_step=m, rows=rows)
                     return
                 os.kill(pid, signal.SIGCONT)  # a checkpoint at m got registered: try later
             time.sleep(0.02)

@@ -68,8 +68,10 @@ def test_lora_trains_resumes_and_exports_a_merged_plain_model(
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     m = killer.kill.logged_step
     assert killer.attempts() == [list(range(1, m + 1)), [3, 4]]
-    assert rows[m]["loss"] == pytest.approx(rows[2]["loss"], rel=1e-4)  # step 3 replayed exactly
-    assert rows[m]["tokens"] == rows[2]["tokens"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # each step once after the resume
+    before = killer.kill.rows[2]  # step 3 as the killed attempt logged it
+    assert rows[2]["loss"] == pytest.approx(before["loss"], rel=1e-4)  # step 3 replayed exactly
+    assert rows[2]["tokens"] == before["tokens"]
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "loss_ce", "loss_consistency"))
 
     # model/ is a plain merged model: no adapter tensors, loads without peft

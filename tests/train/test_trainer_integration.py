@@ -1,4 +1,5 @@
-"""Ray Train + DeepSpeed end to end on the tiny model: kill-and-resume, rerun-resumes, export -> vLLM.
+"""Ray Train + DeepSpeed end to end on the tiny model: kill-and-resume, rerun-resumes (and an
+extended rerun), export -> vLLM. metrics.jsonl holds each step once after every resume.
 
 Slow (each ``fit()`` has ~20-30 s fixed cost), so few and small: 2 CPU workers, ZeRO-2,
 6 optimizer steps. Rank 0 is SIGKILLed from outside (conftest.RankZeroKiller) after the
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from ptr_ray.config import TrainConfig, load_config
+from ptr_ray.train.resume import TrainConfigChanged
+from ptr_ray.train.worker import STATE_FILE as STATE
 
 pytestmark = pytest.mark.integration
 
@@ -63,13 +66,18 @@ def test_killed_worker_resumes_and_exported_model_generates_with_vllm(
     rows = _metrics(out)
     # first attempt 1..m (m: the step rank 0 had logged when killed) -> restarted from the
     # checkpoint c the controller had registered (2 <= c < m): c+1..6, so c+1..m are replayed.
-    # Typically c=2 and m=3: 1,2,3,3,4,5,6 (what a fixed kill after step 3 gave).
+    # Typically c=2 and m=3 (what a fixed kill after step 3 gave).
     attempts = killer.attempts()
     c, m = kill.registered_step, kill.logged_step
     assert attempts == [list(range(1, m + 1)), list(range(c + 1, 7))], (kill, attempts)
     assert c % 2 == 0 and c < m
-    before, after = rows[c], rows[m]
+    # metrics.jsonl holds each step once: the lines up to the checkpoint as they were, the
+    # replayed steps' lines replaced by the resumed attempt's
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[:c] == list(kill.rows[:c])
+    before, after = kill.rows[c], rows[c]
     assert before["step"] == after["step"] == c + 1
+    assert after["time"] > kill.rows[-1]["time"]  # logged by the resumed attempt
     # same weights, optimizer state and data position: step c+1 is replayed exactly
     assert before["tokens"] == after["tokens"]
     assert after["loss"] == pytest.approx(before["loss"], rel=1e-4)
@@ -144,10 +152,29 @@ def test_second_run_on_same_output_folder_resumes(
     c = killer.registered_step()
     assert c == kill.registered_step and c % 2 == 0 and c < kill.logged_step
     run_train(_cfg(tiny_model_dir, out, max_failures=0, export="false"))
-    rows = [r["step"] for r in _metrics(out)]
-    # the second run goes on right after that checkpoint (typically c=2, m=3: 1,2,3,3,4,5,6)
-    assert rows == first + list(range(c + 1, 7))
-    state = json.loads(
-        next((out / "ray" / "train").glob("checkpoint_step0000006/train_state.json")).read_text()
-    )
+    rows = _metrics(out)
+    # the second run goes on right after that checkpoint; metrics.jsonl keeps each step once
+    # (the lines up to c as they were, c+1..m replaced by the second run's)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[:c] == list(kill.rows[:c])
+    assert all(r["time"] > kill.rows[-1]["time"] for r in rows[c:])
+    state = json.loads((out / "ray" / "train" / "checkpoint_step0000006" / STATE).read_text())
     assert state == {"step": 6, "total_steps": 6, "done": True, "tag": "ds"}
+    second = rows
+
+    # a change that alters the run (the learning rate) is refused before anything starts,
+    # naming the key with both values; the folder is left as it was
+    with pytest.raises(TrainConfigChanged, match=r"optim\.lr: 0\.001 -> 0\.01"):
+        run_train(_cfg(tiny_model_dir, out, max_failures=0, export="false", **{"optim.lr": 0.01}))
+    assert _metrics(out) == second
+    assert "lr: 0.001" in (out / "train_config.yaml").read_text()
+
+    # a third run with a key that may change on resume (max_steps raised: the run is
+    # extended) resumes from the step-6 checkpoint and appends steps 7 and 8 only
+    run_train(_cfg(tiny_model_dir, out, max_failures=0, export="false", max_steps=8, epochs=3))
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[:6] == second  # the first six lines untouched
+    assert json.loads((out / "encode_stats.json").read_text())["total_steps"] == 8
+    state = json.loads((out / "ray" / "train" / "checkpoint_step0000008" / STATE).read_text())
+    assert state == {"step": 8, "total_steps": 8, "done": True, "tag": "ds"}
