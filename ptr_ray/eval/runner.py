@@ -191,6 +191,7 @@ def evaluate_task(
             answers,
             code_timeout_s=cfg.code_timeout_s,
             similarity_threshold=cfg.similarity_threshold,
+            sandbox=cfg.sandbox,
         )
         for item, (rr, carried), sc in zip(items, rounds, scores, strict=True):
             item.rounds.append(
