@@ -88,7 +88,12 @@ class Change:
 
     def __str__(self) -> str:
         note = f" ({self.note})" if self.note else ""
+        if self.new is _UNKNOWN:  # the saved side could not be read at all
+            return f"{self.key}: {self.old}{note}"
         return f"{self.key}: {_show(self.old)} -> {_show(self.new)}{note}"
+
+
+_UNKNOWN = object()
 
 
 def _show(value: Any) -> str:
@@ -145,9 +150,9 @@ def _saved_config(path: Path) -> dict[str, Any] | Change:
         data = yaml.safe_load(path.read_text())
         return TrainConfig.model_validate(data).model_dump(mode="json")
     except ValidationError as e:
-        return Change(CONFIG_FILE, "unreadable", "?", one_line_error(e))
+        return Change(CONFIG_FILE, "unreadable", _UNKNOWN, one_line_error(e))
     except (OSError, yaml.YAMLError) as e:
-        return Change(CONFIG_FILE, "unreadable", "?", type(e).__name__)
+        return Change(CONFIG_FILE, "unreadable", _UNKNOWN, type(e).__name__)
 
 
 def _saved_digest(out: Path) -> str | None:
@@ -163,7 +168,7 @@ def run_changes(cfg: TrainConfig, out: Path, digest: str, run_dir: Path | None) 
     saved = out / CONFIG_FILE
     if not saved.is_file():
         if run_dir is not None and any(run_dir.glob("checkpoint_*")):
-            return [Change(CONFIG_FILE, "missing", "?", f"but {run_dir} holds checkpoints")]
+            return [Change(CONFIG_FILE, "missing", _UNKNOWN, f"but {run_dir} holds checkpoints")]
         return []
     old = _saved_config(saved)
     if isinstance(old, Change):
@@ -218,7 +223,8 @@ def prepare_output(cfg: TrainConfig, out: Path, digest: str, storage: str, run_n
             raise TrainConfigChanged(
                 f"{out} holds a training run with another config or dataset ({listed}); "
                 "resuming would mix the two runs: use a new output_dir, or set "
-                "on_config_change=move_aside to move the old run to <output_dir>.old-<time>"
+                "on_config_change=move_aside (train.on_config_change in a run or experiment "
+                "config) to move the old run to <output_dir>.old-<time>"
             )
         if remote:
             raise TrainConfigChanged(
