@@ -91,6 +91,20 @@ def load_scores(
     return scores
 
 
+HEADLINES = ("exact", "accuracy", "similarity")
+
+
+def _headline(path: str | Path, task: str) -> str:
+    """The first of :data:`HEADLINES` that the task's rows score (how the report picks it)."""
+    with _open_text(Path(path)) as f:
+        for row in csv.DictReader(f):
+            if row.get("task") == task:
+                for m in HEADLINES:
+                    if row.get(m):
+                        return m
+    return "exact"
+
+
 def compare(
     a: dict[str, float],
     b: dict[str, float],
@@ -134,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="ptr", help="method in run A (and B unless --method-b)")
     p.add_argument("--method-b", default=None)
     p.add_argument("--round", type=int, default=1, dest="round_")
-    p.add_argument("--metric", default=None, help="default: exact, or similarity for held-out")
+    p.add_argument("--metric", default=None, help="default: the task's headline metric")
     p.add_argument("--instruction", type=int, default=1)
     p.add_argument("--alternative", default="two-sided", choices=["greater", "less", "two-sided"])
     args = p.parse_args(argv)
-    metric = args.metric or ("similarity" if args.task == "heldout" else "exact")
+    metric = args.metric or _headline(args.items_a, args.task)
     try:
         a = load_scores(args.items_a, args.method, args.task, args.round_, metric, args.instruction)
         b = load_scores(

@@ -77,3 +77,13 @@ def test_main_prints_json_and_exits_2_on_errors(tmp_path, capsys):
     assert cmp.main([str(a), str(b), "--task", "arc"]) == 0
     assert '"a_only": 1' in capsys.readouterr().out
     assert cmp.main([str(a), str(b), "--task", "nope"]) == 2
+
+
+def test_main_picks_the_tasks_headline_metric(tmp_path, capsys):
+    rows = [
+        {"method": "ptr", "task": "arc", "item_id": "q0", "exact": "", "similarity": 0.5},
+        {"method": "ptr", "task": "arc", "item_id": "q1", "exact": "", "similarity": 0.7},
+    ]
+    a = _items(tmp_path / "a.csv", rows)
+    assert cmp.main([str(a), str(a), "--task", "arc"]) == 0
+    assert '"metric": "similarity"' in capsys.readouterr().out
