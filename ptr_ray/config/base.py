@@ -189,5 +189,8 @@ def _from_override(err: ValidationError, overrides: list[str]) -> bool:
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    """Write the resolved config beside a stage's output, so every run says how it was made."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config beside a stage's output, so every run says how it was made.
+    Atomic: a resumed run compares against this file, and a torn one would read as a change."""
+    from ptr_ray.fsutil import atomic_write
+
+    atomic_write(Path(path), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
