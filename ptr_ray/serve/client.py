@@ -81,7 +81,7 @@ def refine_command(args: Any, out: TextIO | None = None) -> int:
     """CLI entry: stream the rounds of one query to ``out`` (stdout)."""
     out = out or sys.stdout
     if not args.query.strip():
-        raise ValueError("the query is empty")
+        raise ServerError("the query is empty")
     body: dict[str, Any] = {"query": args.query, "rounds": args.rounds}
     if args.max_tokens is not None:
         body["max_tokens"] = args.max_tokens

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptr_ray.errors import PtrRayRuntimeError
 from ptr_ray.fsutil import write_json_atomic
 from ptr_ray.train.ds_config import deepspeed_config, lr_lambda
 from ptr_ray.train.encode import EncodeError
@@ -217,7 +218,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # (output_dir/ray or storage_path: keep it writable by the run's owner only).
             load_path, client = engine.load_checkpoint(d, tag=CKPT_TAG)
             if load_path is None:
-                raise RuntimeError(f"could not load the DeepSpeed checkpoint in {d}")
+                raise PtrRayRuntimeError(
+                    f"could not load the DeepSpeed checkpoint in {d} (damaged or not written by "
+                    "this run); remove it, or start in a new output_dir"
+                )
             start_step = int(client["step"])
         if rank == 0:
             log.info("resumed from %s at step %d", ckpt.path, start_step)

@@ -66,3 +66,11 @@ def test_refine_command_sends_the_first_of_several_keys(monkeypatch, capsys, mak
     monkeypatch.setenv("PTR_API_KEY", "wrong")
     with pytest.raises(ValueError, match="server answered 401"):
         refine_command(args)
+
+
+def test_an_empty_query_is_a_one_line_ptr_ray_error():
+    from ptr_ray.errors import PtrRayValueError
+
+    args = SimpleNamespace(query="  ", rounds=3, max_tokens=None, url="http://127.0.0.1:1")
+    with pytest.raises(PtrRayValueError, match="the query is empty"):
+        refine_command(args)
