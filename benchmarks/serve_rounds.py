@@ -5,6 +5,12 @@
 2. Throughput: completed requests/s with 16 concurrent clients vs. 1.
 3. Prefix caching: 3-round request latency with the engine's prefix cache on vs. off (the app
    is redeployed with ``enable_prefix_caching: false``).
+4. Rounds on one replica: the share of round-2/3 prompt tokens served from the prefix cache
+   with one engine replica (the concurrent requests of 2.) and with ``--replicas`` (default 2)
+   engine replicas under the same load (the app is redeployed). Every round of a request runs
+   on the replica that took the request, so the share should not drop (goal: >= 90 % of the
+   one-replica figure); with one handle call per round (before issue 11) rounds scattered and
+   the share fell with the number of replicas.
 
 Every measured query has its own prefix, so no request is served from a cache filled by
 another one: only a request's own earlier rounds can be cached. The direct engine, the server
@@ -14,6 +20,7 @@ decoding, so they generate the same tokens and only the serving path differs. A 
 
     .venv/bin/python benchmarks/serve_rounds.py                 # builtin:smollm2-135m
     .venv/bin/python benchmarks/serve_rounds.py --model /path/to/model --requests 6
+    .venv/bin/python benchmarks/serve_rounds.py --only-replicas     # just 4. (1 vs 2 replicas)
 """
 
 from __future__ import annotations
@@ -116,18 +123,57 @@ async def direct_engine(args, queries: list[str]) -> dict:
 
 async def http_refine(
     client: httpx.AsyncClient, url: str, q: str, rounds: int, max_tokens: int
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, int, int]:
+    """latency, completion tokens, cached prompt tokens, and the prompt tokens of rounds >= 2
+    with how many of them came from the cache."""
     t0 = time.perf_counter()
     r = await client.post(
         url + "/v1/refine", json={"query": q, "rounds": rounds, "max_tokens": max_tokens}
     )
-    r.raise_for_status()
+    if r.status_code != 200:
+        raise RuntimeError(f"/v1/refine answered {r.status_code}: {r.text[:500]}")
     body = r.json()
+    later = [x for x in body["rounds"] if x["round"] >= 2]
     return (
         time.perf_counter() - t0,
         body["usage"]["completion_tokens"],
         body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        sum(x["prompt_tokens"] for x in later),
+        sum(x["cached_tokens"] for x in later),
     )
+
+
+def later_cache_share(results) -> float:
+    """Share of the prompt tokens of rounds 2.. that the prefix cache served."""
+    prompt = sum(r[3] for r in results)
+    return sum(r[4] for r in results) / prompt if prompt else float("nan")
+
+
+def engine_requests_per_replica(app: str, settle_s: float = 12.0) -> list[int]:
+    """Requests each engine replica of ``app`` took, from Ray's metrics endpoint (read twice,
+    ``settle_s`` apart, until it holds still: Ray exports every 10 s)."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+
+    def read() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "ray_ptr_engine_requests_total" and s.labels.get("application") == app:
+                    out[s.labels["replica"]] = out.get(s.labels["replica"], 0) + s.value
+        return out
+
+    last = None
+    for _ in range(10):
+        now = read()
+        if now == last:
+            break
+        last = now
+        time.sleep(settle_s)
+    return sorted((int(v) for v in (last or {}).values()), reverse=True)
 
 
 async def run_sequential(url, queries, args):
@@ -180,6 +226,14 @@ def main() -> int:
     p.add_argument(
         "--time-limit", type=float, default=1500, help="abort the run after this many seconds"
     )
+    p.add_argument(
+        "--replicas", type=int, default=2, help="engine replicas of the routing measurement"
+    )
+    p.add_argument(
+        "--only-replicas",
+        action="store_true",
+        help="measure only the cache share with 1 and --replicas engine replicas",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -210,9 +264,20 @@ def main() -> int:
     results: dict = {"model": args.model, "rounds": args.rounds, "max_tokens": args.max_tokens}
     t_start = time.time()
 
-    print(f"[1/4] engine called directly ({n} x {args.rounds}-round requests) ...", flush=True)
-    direct = asyncio.run(direct_engine(args, q_same))
-    d_lat = [x for x, _ in direct["latency"]]
+    q_reps = [make_query(5000 + i, args.context_sentences) for i in range(args.concurrent_requests)]
+    full = not args.only_replicas
+    steps = 5 if full else 2
+    done_steps = [0]
+
+    def stage(what: str) -> None:
+        done_steps[0] += 1
+        print(f"[{done_steps[0]}/{steps}] {what} ...", flush=True)
+
+    direct: dict = {}
+    if full:
+        stage(f"engine called directly ({n} x {args.rounds}-round requests)")
+        direct = asyncio.run(direct_engine(args, q_same))
+    d_lat = [x for x, _ in direct.get("latency", [])]
 
     import ray
     from ray import serve
@@ -237,85 +302,121 @@ def main() -> int:
         startup = deploy(ServeConfig.model_validate(base))
         print(f"      server up in {startup:.0f}s at {url}", flush=True)
         asyncio.run(run_sequential(url, ["warm up the server"], args))
-        print(f"[2/4] through Serve + HTTP, prefix caching on ({n} requests) ...", flush=True)
-        s_res = asyncio.run(run_sequential(url, q_same, args))
-        tiny_args = argparse.Namespace(**{**vars(args), "rounds": 1, "max_tokens": 1})
-        s_tiny = [
-            asyncio.run(run_sequential(url, [f"Say {i}."], tiny_args))[0][0] for i in range(5)
-        ]
-        print(
-            f"[3/4] throughput: {len(q_conc1)} requests at concurrency 1, "
-            f"{len(q_concN)} at concurrency {args.concurrency} ...",
-            flush=True,
+        if full:
+            stage(f"through Serve + HTTP, prefix caching on ({n} requests)")
+            s_res = asyncio.run(run_sequential(url, q_same, args))
+            tiny_args = argparse.Namespace(**{**vars(args), "rounds": 1, "max_tokens": 1})
+            s_tiny = [
+                asyncio.run(run_sequential(url, [f"Say {i}."], tiny_args))[0][0] for i in range(5)
+            ]
+        stage(
+            f"1 engine replica: {len(q_conc1)} requests at concurrency 1, "
+            f"{len(q_concN)} at concurrency {args.concurrency}"
         )
         t1, r1 = asyncio.run(run_concurrent(url, q_conc1, args, 1))
         tN, rN = asyncio.run(run_concurrent(url, q_concN, args, args.concurrency))
-        print(f"[4/4] prefix caching off (redeploy, {n} requests) ...", flush=True)
-        off = json.loads(json.dumps(base))
-        off["engine"]["enable_prefix_caching"] = False
-        deploy(ServeConfig.model_validate(off))
-        asyncio.run(run_sequential(url, ["warm up the server"], args))
-        o_res = asyncio.run(run_sequential(url, q_same, args))
+        if full:
+            stage(f"prefix caching off (redeploy, {n} requests)")
+            off = json.loads(json.dumps(base))
+            off["engine"]["enable_prefix_caching"] = False
+            deploy(ServeConfig.model_validate(off))
+            asyncio.run(run_sequential(url, ["warm up the server"], args))
+            o_res = asyncio.run(run_sequential(url, q_same, args))
+        stage(
+            f"{args.replicas} engine replicas (redeploy): {len(q_reps)} requests at "
+            f"concurrency {args.concurrency}"
+        )
+        reps = json.loads(json.dumps(base))
+        reps["app_name"] = "ptr-bench-replicas"
+        reps["engine_deployment"] = {"num_replicas": args.replicas}
+        serve.delete("ptr-bench")
+        deploy(ServeConfig.model_validate(reps))
+        # warm every replica up (each compiles on its first request), then measure
+        asyncio.run(
+            run_concurrent(url, [f"warm up {i}" for i in range(4 * args.replicas)], args, 8)
+        )
+        tR, rR = asyncio.run(run_concurrent(url, q_reps, args, args.concurrency))
+        per_replica = engine_requests_per_replica("ptr-bench-replicas")
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    s_lat = [x for x, _, _ in s_res]
-    o_lat = [x for x, _, _ in o_res]
     med = statistics.median
     thr1 = len(r1) / t1
     thrN = len(rN) / tN
-    tok1 = sum(t for _, t, _ in r1) / t1
-    tokN = sum(t for _, t, _ in rN) / tN
+    tok1 = sum(t for _, t, *_ in r1) / t1
+    tokN = sum(t for _, t, *_ in rN) / tN
+    share_1 = later_cache_share(rN)
+    share_R = later_cache_share(rR)
     results.update(
         {
-            "direct_1token_ms": med(direct["tiny"]) * 1000,
-            "serve_1token_ms": med(s_tiny) * 1000,
-            "direct_latency_s": med(d_lat),
-            "serve_latency_s": med(s_lat),
-            "serve_overhead_ratio": med(s_lat) / med(d_lat),
-            "serve_overhead_ms_per_request": (med(s_lat) - med(d_lat)) * 1000,
-            "direct_tokens_per_request": statistics.mean(t for _, t in direct["latency"]),
-            "serve_tokens_per_request": statistics.mean(t for _, t, _ in s_res),
-            "cache_on_latency_s": med(s_lat),
-            "cache_off_latency_s": med(o_lat),
-            "cache_speedup": med(o_lat) / med(s_lat),
             "throughput_1_rps": thr1,
             f"throughput_{args.concurrency}_rps": thrN,
             "throughput_ratio": thrN / thr1,
             "tokens_per_s_1": tok1,
             f"tokens_per_s_{args.concurrency}": tokN,
-            "wall_s": time.time() - t_start,
+            "later_round_cache_share_1_replica": share_1,
+            f"later_round_cache_share_{args.replicas}_replicas": share_R,
+            "later_round_cache_share_ratio": share_R / share_1,
+            f"requests_per_replica_{args.replicas}_replicas": per_replica,
+            f"throughput_{args.replicas}_replicas_rps": len(rR) / tR,
         }
     )
-    cached_on = sum(c for *_, c in s_res)
-    cached_off = sum(c for *_, c in o_res)
+    if full:
+        s_lat = [x for x, *_ in s_res]
+        o_lat = [x for x, *_ in o_res]
+        results.update(
+            {
+                "direct_1token_ms": med(direct["tiny"]) * 1000,
+                "serve_1token_ms": med(s_tiny) * 1000,
+                "direct_latency_s": med(d_lat),
+                "serve_latency_s": med(s_lat),
+                "serve_overhead_ratio": med(s_lat) / med(d_lat),
+                "serve_overhead_ms_per_request": (med(s_lat) - med(d_lat)) * 1000,
+                "direct_tokens_per_request": statistics.mean(t for _, t in direct["latency"]),
+                "serve_tokens_per_request": statistics.mean(t for _, t, *_ in s_res),
+                "cache_on_latency_s": med(s_lat),
+                "cache_off_latency_s": med(o_lat),
+                "cache_speedup": med(o_lat) / med(s_lat),
+            }
+        )
+    results["wall_s"] = time.time() - t_start
     print()
     print(
         f"model {Path(args.model).name}, {args.rounds} rounds x {args.max_tokens} max tokens, "
         f"queries ~{args.context_sentences * 16} tokens, medians of {n} requests"
     )
-    print(f"  engine direct         {med(d_lat):7.2f} s / request")
-    print(
-        f"  Serve + HTTP          {med(s_lat):7.2f} s / request  -> overhead x{results['serve_overhead_ratio']:.3f} "
-        f"({results['serve_overhead_ms_per_request']:+.0f} ms)"
-    )
-    print(
-        f"  1-token request       {med(direct['tiny']) * 1000:7.1f} ms direct, {med(s_tiny) * 1000:.1f} ms via Serve + HTTP"
-    )
-    print(
-        f"  tokens / request      {results['direct_tokens_per_request']:.1f} direct, {results['serve_tokens_per_request']:.1f} via Serve,"
-        f" {statistics.mean(t for _, t, _ in o_res):.1f} cache off"
-    )
-    print(f"  prefix cache on       {med(s_lat):7.2f} s   ({cached_on} prompt tokens from cache)")
-    print(
-        f"  prefix cache off      {med(o_lat):7.2f} s   ({cached_off} prompt tokens from cache)"
-        f"  -> caching speed-up x{results['cache_speedup']:.2f}"
-    )
+    if full:
+        cached_on = sum(r[2] for r in s_res)
+        cached_off = sum(r[2] for r in o_res)
+        print(f"  engine direct         {med(d_lat):7.2f} s / request")
+        print(
+            f"  Serve + HTTP          {med(s_lat):7.2f} s / request  -> overhead x{results['serve_overhead_ratio']:.3f} "
+            f"({results['serve_overhead_ms_per_request']:+.0f} ms)"
+        )
+        print(
+            f"  1-token request       {med(direct['tiny']) * 1000:7.1f} ms direct, {med(s_tiny) * 1000:.1f} ms via Serve + HTTP"
+        )
+        print(
+            f"  tokens / request      {results['direct_tokens_per_request']:.1f} direct, {results['serve_tokens_per_request']:.1f} via Serve,"
+            f" {statistics.mean(t for _, t, *_ in o_res):.1f} cache off"
+        )
+        print(
+            f"  prefix cache on       {med(s_lat):7.2f} s   ({cached_on} prompt tokens from cache)"
+        )
+        print(
+            f"  prefix cache off      {med(o_lat):7.2f} s   ({cached_off} prompt tokens from cache)"
+            f"  -> caching speed-up x{results['cache_speedup']:.2f}"
+        )
     print(f"  throughput c=1        {thr1:7.3f} req/s ({tok1:.0f} tok/s)")
     print(
         f"  throughput c={args.concurrency:<2}       {thrN:7.3f} req/s ({tokN:.0f} tok/s)"
         f"  -> x{results['throughput_ratio']:.2f}"
+    )
+    print(
+        f"  round-2/3 prompt tokens from cache, c={args.concurrency}: 1 replica {share_1:6.1%}, "
+        f"{args.replicas} replicas {share_R:6.1%}  -> ratio {share_R / share_1:.3f} (goal >= 0.9); "
+        f"requests per replica {per_replica}"
     )
     print(f"  total wall time {results['wall_s']:.0f}s")
     if args.json:
