@@ -125,13 +125,14 @@ class ServeConfig(StrictModel):
         60.0,
         gt=0,
         description="wait this long for the engine to start a round (queueing + prefill, e.g. "
-        "while a crashed replica is replaced); then 503",
+        "while a crashed replica is replaced); then 503 + Retry-After if no replica had taken the "
+        "request yet, else 504",
     )
     stall_timeout_s: float = Field(
         60.0,
         gt=0,
         description="longest silence from the engine inside a round once it has started; then "
-        "the round is aborted (503 before the answer starts, an error event in a stream)",
+        "the round is aborted (504 before the answer starts, an error event in a stream)",
     )
     request_timeout_s: float = Field(
         600.0,
