@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptr_ray.config import EngineConfig, SamplingConfig, ServeConfig  # noqa: E402
 from ptr_ray.refine import arefine  # noqa: E402
+from ptr_ray.testing import free_port  # noqa: E402
 
 TOPICS = [
     "a lighthouse keeper",
@@ -82,12 +82,6 @@ def make_query(i: int, context_sentences: int) -> str:
         for j in range(context_sentences)
     )
     return f"[{i}] Read these notes about {topic}. {notes} Question: in two sentences, what is the main point about {topic}?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def direct_engine(args, queries: list[str]) -> dict:

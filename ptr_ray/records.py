@@ -122,13 +122,20 @@ def iter_file(path: Path) -> Iterator[dict[str, Any]]:
         yield from table.to_pylist()
         return
     for n, raw in iter_lines(path):
-        try:
-            row = parse_line(raw)
-        except BadLine as e:
-            raise DatasetError(f"{path}:{n}: {e}") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}:{n}: a record must be a JSON object")
-        yield row
+        yield object_line(path, n, raw, "a record")
+
+
+def object_line(path: Path, n: int, raw: bytes, what: str, hint: str = "") -> dict[str, Any]:
+    """Line ``n`` of a JSONL file in a dataset folder, which must be a JSON object; anything
+    else is a DatasetError naming ``path:n`` (``hint`` says what to do about it)."""
+    suffix = f"; {hint}" if hint else ""
+    try:
+        row = parse_line(raw)
+    except BadLine as e:
+        raise DatasetError(f"{path}:{n}: {e}{suffix}") from None
+    if not isinstance(row, dict):
+        raise DatasetError(f"{path}:{n}: {what} must be a JSON object{suffix}")
+    return row
 
 
 def read_records(folder: str | Path) -> list[Record]:

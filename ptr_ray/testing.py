@@ -7,6 +7,7 @@ CPU build of vLLM can load it too.
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -147,3 +148,10 @@ def make_dry_run(root: Path, venv: Path, *args: str) -> str:
         timeout=60,
     )
     return out.stdout
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for test servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

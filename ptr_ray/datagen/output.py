@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ptr_ray.fsutil import write_json_atomic
-from ptr_ray.jsonl import BadLine, iter_lines, parse_line
+from ptr_ray.jsonl import iter_lines
 from ptr_ray.records import (
     FORMAT_VERSION,
     META_FILE,
     STATS_FILE,
-    DatasetError,
     check_format_version,
     iter_file,
+    object_line,
 )
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,7 @@ _FIX_REJECT = "fix or delete that line (a deleted rejection's row is only tried 
 def _reject_entry(path: Path, n: int, raw: bytes) -> dict[str, Any]:
     """One line of rejects.jsonl; a line that is not a JSON object is a DatasetError naming
     ``rejects.jsonl:<line>`` (only a torn *last* line is a killed run's, cut off before)."""
-    try:
-        entry = parse_line(raw)
-    except BadLine as e:
-        raise DatasetError(f"{path}:{n}: {e}; {_FIX_REJECT}") from None
-    if not isinstance(entry, dict):
-        raise DatasetError(f"{path}:{n}: a rejection must be a JSON object; {_FIX_REJECT}")
-    return entry
+    return object_line(path, n, raw, "a rejection", _FIX_REJECT)
 
 
 def scan(folder: Path) -> Existing:

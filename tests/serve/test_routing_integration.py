@@ -11,7 +11,6 @@ rounds started), where every replica must have started exactly ``rounds x reques
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from ptr_ray.config import ServeConfig
+from ptr_ray.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -40,9 +40,7 @@ def two_replicas(ray_local, tiny_model_dir):
 
     from ptr_ray.serve.app import build_application
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = ServeConfig.model_validate(
         {
             "engine": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ import pytest
 from ptr_ray.config import ServeConfig
 from ptr_ray.serve.client import iter_sse, refine_command
 from ptr_ray.serve.config_file import ENGINE_DEPLOYMENT_NAME
+from ptr_ray.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -32,19 +32,13 @@ APP = "ptr-serve-test"
 LONG_QUERY = "The quick brown fox jumps over the lazy dog. " * 25 + "What is 2+2?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, tiny_model_dir):
     from ray import serve
 
     from ptr_ray.serve.app import build_application
 
-    port = _free_port()
+    port = free_port()
     cfg = ServeConfig.model_validate(
         {
             "engine": {
