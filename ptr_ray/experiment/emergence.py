@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptr_ray.config import EvalConfig, EvalMethodConfig, ExperimentConfig
-from ptr_ray.eval.report import EvalReport
+from ptr_ray.eval.report import EvalReport, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,26 @@ def step_method(step: int) -> str:
 
 
 def emergence_eval_config(
-    cfg: ExperimentConfig, primary: EvalConfig, run_dir: Path, total_steps: int | None = None
+    cfg: ExperimentConfig,
+    primary: EvalConfig,
+    run_dir: Path,
+    total_steps: int | None = None,
+    ends: bool = True,
 ) -> EvalConfig:
     """The evaluation of every exported step model, the base model as step 0 and, given the
     run's ``total_steps``, its final ``model/`` as the last point (steps past the end, which
     training never reached, are left out), so the curve always ends at the model that the
-    hypotheses were tested on, whatever the built dataset's size made the step count."""
+    hypotheses were tested on, whatever the built dataset's size made the step count.
+    ``ends=False`` leaves the base and final models out: the caller takes their results from
+    the primary evaluation (:func:`primary_ends`), which already answered the same items."""
     em = cfg.emergence
     steps = [s for s in em.steps if total_steps is None or s < total_steps]
-    methods = [EvalMethodConfig(name=step_method(0), model=cfg.base_model)]
+    methods = [EvalMethodConfig(name=step_method(0), model=cfg.base_model)] if ends else []
     methods += [
         EvalMethodConfig(name=step_method(s), model=str(run_dir / "models" / f"step-{s}"))
         for s in steps
     ]
-    if total_steps is not None:
+    if total_steps is not None and ends:
         methods.append(
             EvalMethodConfig(name=step_method(total_steps), model=str(run_dir / "model"))
         )
@@ -71,6 +77,25 @@ def emergence_eval_config(
     if em.limit is not None:
         update["limit"] = em.limit
     return primary.model_copy(update=update)
+
+
+def primary_ends(
+    cfg: ExperimentConfig, primary: EvalConfig, report: EvalReport, total_steps: int
+) -> list[TaskResult] | None:
+    """The base model (step 0) and the final model (the last step) on the emergence tasks, taken
+    from the primary instruction's evaluation instead of being generated again (two of the
+    curve's points, a third of its cost at the default three steps). Only when that evaluation
+    answered the very same items (same limit; prompt, sampling and rounds are the primary's by
+    construction); ``None`` when anything is missing, and the caller evaluates them itself."""
+    em = cfg.emergence
+    if em.limit is not None and em.limit != primary.limit:
+        return None
+    tasks = [t for t in report.tasks if em.tasks is None or t in em.tasks]
+    found = {(r.method, r.task): r for r in report.results}
+    ends = [("base", 0), (em.mode, total_steps)]
+    if not tasks or any((m, t) not in found for m, _ in ends for t in tasks):
+        return None
+    return [replace(found[(m, t)], method=step_method(step)) for m, step in ends for t in tasks]
 
 
 def emergence_points(report: EvalReport) -> list[EmergencePoint]:

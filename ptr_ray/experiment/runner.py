@@ -38,12 +38,14 @@ from ptr_ray.config import (
     dump_config,
 )
 from ptr_ray.errors import PtrRayValueError
+from ptr_ray.eval.report import EvalReport
 from ptr_ray.experiment.analysis import analyse
 from ptr_ray.experiment.emergence import (
     EmergencePoint,
     emergence_eval_config,
     emergence_points,
     markdown_section,
+    primary_ends,
     write_emergence,
 )
 from ptr_ray.experiment.report import InstructionRun, write_experiment_report
@@ -275,9 +277,14 @@ def evaluate_all(
 
 
 def evaluate_emergence(
-    cfg: ExperimentConfig, root: Path, models: dict[str, str], heldout: Path | None
+    cfg: ExperimentConfig,
+    root: Path,
+    models: dict[str, str],
+    heldout: Path | None,
+    primary_report: EvalReport | None = None,
 ) -> list[EmergencePoint]:
-    """The exported step models of the emergence run, round by round (descriptive)."""
+    """The exported step models of the emergence run, round by round (descriptive). The base
+    and final models' points come from ``primary_report`` when it answered the same items."""
     from ptr_ray.eval.runner import run_eval
 
     run_dir = root / f"train-{cfg.emergence.mode}"
@@ -307,7 +314,16 @@ def evaluate_emergence(
         total,
         cfg.emergence.mode,
     )
-    return emergence_points(run_eval(emergence_eval_config(cfg, primary, run_dir, total)))
+    ends = primary_ends(cfg, primary, primary_report, total) if primary_report else None
+    if ends is None:
+        return emergence_points(run_eval(emergence_eval_config(cfg, primary, run_dir, total)))
+    log.info("emergence: steps 0 and %d reuse the primary evaluation's results", total)
+    middle = (
+        run_eval(emergence_eval_config(cfg, primary, run_dir, total, ends=False)).results
+        if steps
+        else []
+    )
+    return emergence_points(EvalReport(ends + middle, rounds=primary.rounds))
 
 
 def synthetic_notes(cfg: ExperimentConfig, dataset: Path, heldout: Path | None) -> list[str]:
@@ -374,7 +390,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, str]:
         runs = evaluate_all(cfg, root, models, heldout)
         emergence = None
         if cfg.emergence.enabled:
-            emergence = evaluate_emergence(cfg, root, models, heldout)
+            emergence = evaluate_emergence(cfg, root, models, heldout, runs[0].report)
         timings["eval"] = time.time() - t
     _stage(5, total, "paired tests and report")
     paths = write_experiment_report(

@@ -110,3 +110,64 @@ def test_points_table_and_plot(tmp_path, make_task_result):
     rows = list(csv.DictReader(open(paths["emergence_csv"])))
     assert len(rows) == 6 and rows[-1]["step"] == "10" and float(rows[-1]["value"]) == 0.75
     assert paths["emergence_png"].stat().st_size > 1000
+
+
+def _primary_report(make_task_result) -> EvalReport:
+    return EvalReport(
+        [
+            make_task_result("base", "arith", [[0, 0], [0, 1], [0, 1]]),
+            make_task_result("ptr", "arith", [[1, 0], [1, 0], [1, 1]]),
+            make_task_result("ift", "arith", [[1, 1], [1, 1], [1, 1]]),
+            make_task_result("ptr", "arc_easy", [[1, 1], [1, 1], [1, 1]]),
+        ],
+        rounds=3,
+    )
+
+
+def test_base_and_final_points_reuse_the_primary_evaluation(
+    tmp_path, monkeypatch, make_task_result
+):
+    """Steps 0 and N are the base and the final PTR model on the primary evaluation's items:
+    they are taken from it (renamed), and only the step models in between are generated."""
+    cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3]", "emergence.tasks=[arith]")
+    root = Path(cfg.output_dir)
+    run = _finished_run(root, total_steps=8)
+    (run / "models" / "step-3").mkdir(parents=True)
+    evaluated = []
+
+    def fake_run_eval(ecfg):
+        evaluated.append([m.name for m in ecfg.methods])
+        return EvalReport([make_task_result("step-3", "arith", [[0, 1], [1, 1], [1, 1]])], 3)
+
+    monkeypatch.setattr("ptr_ray.eval.runner.run_eval", fake_run_eval)
+    models = {"ptr": str(run / "model"), "ift": "i"}
+    points = runner.evaluate_emergence(cfg, root, models, None, _primary_report(make_task_result))
+    assert evaluated == [["step-3"]]
+    assert [(p.step, p.round, p.value) for p in points if p.round == 3] == [
+        (0, 3, 0.5),
+        (3, 3, 1.0),
+        (8, 3, 1.0),
+    ]
+    assert {p.task for p in points} == {"arith"}
+
+
+def test_ends_are_evaluated_again_when_the_items_differ(tmp_path, make_task_result):
+    """Another emergence.limit means other items: nothing is borrowed."""
+    cfg = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3]", "emergence.limit=9")
+    root = Path(cfg.output_dir)
+    primary = runner.eval_config(cfg, root, {"ptr": "p", "ift": "i"}, None, 0)
+    report = _primary_report(make_task_result)
+    assert emergence.primary_ends(cfg, primary, report, 8) is None
+    same = _cfg(tmp_path, "emergence.enabled=true", "emergence.steps=[3]")
+    ends = emergence.primary_ends(same, primary, report, 8)
+    # arc_easy has no base result in this report: the caller must evaluate the ends itself.
+    assert ends is None
+    only_arith = _cfg(
+        tmp_path, "emergence.enabled=true", "emergence.steps=[3]", "emergence.tasks=[arith]"
+    )
+    ends = emergence.primary_ends(only_arith, primary, report, 8)
+    assert ends is not None and [(r.method, r.task) for r in ends] == [
+        ("step-0", "arith"),
+        ("step-8", "arith"),
+    ]
+    assert report.results[0].method == "base"  # the primary report is left as it was
