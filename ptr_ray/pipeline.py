@@ -25,12 +25,19 @@ from ptr_ray.records import STATS_FILE, DatasetError, data_files
 log = logging.getLogger(__name__)
 
 
-def same_config(saved: Path, cfg: BaseModel) -> bool:
+def same_config(saved: Path, cfg: BaseModel, ignore: tuple[str, ...] = ()) -> bool:
     """Whether a stage's saved config equals the one it would run with now. A stage is reused
-    only then: a user who raises the sample size or the steps gets a new run, not a stale one."""
+    only then: a user who raises the sample size or the steps gets a new run, not a stale one.
+    ``ignore`` names further top-level keys that cannot change this stage's result."""
     if not saved.is_file():
         return False
-    return yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json")
+    # How the stage reaches Ray (address, CPUs, the dashboard) never changes its result.
+    old, new = yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json")
+    if isinstance(old, dict):
+        for key in ("ray", *ignore):
+            old.pop(key, None)
+            new.pop(key, None)
+    return bool(old == new)
 
 
 def dataset_finished(folder: Path) -> bool:

@@ -197,7 +197,12 @@ def train_models(cfg: ExperimentConfig, root: Path, split_changed: bool) -> dict
             log.warning("the training split changed; moving the old %s run to %s", mode, stale)
             out.rename(stale)
         model_dir = out / "model"
-        if (model_dir / "config.json").is_file() and same_config(out / "train_config.yaml", tcfg):
+        # IFT is plain answer cross-entropy: the PTR loss section cannot change it, so a
+        # one-factor ablation of the loss (e.g. loss.confidence) retrains PTR only.
+        ignore = ("loss",) if mode == "ift" else ()
+        if (model_dir / "config.json").is_file() and same_config(
+            out / "train_config.yaml", tcfg, ignore
+        ):
             log.info("%s model %s exists for this config; reusing it", mode, model_dir)
         else:
             run_train(tcfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ptr_ray.config import ExperimentConfig, load_config
+from ptr_ray.config import ExperimentConfig, dump_config, load_config
 from ptr_ray.eval.report import EvalReport
 from ptr_ray.experiment import emergence, runner
 from ptr_ray.experiment.runner import ExperimentError
@@ -171,3 +171,25 @@ def test_ends_are_evaluated_again_when_the_items_differ(tmp_path, make_task_resu
         ("step-8", "arith"),
     ]
     assert report.results[0].method == "base"  # the primary report is left as it was
+
+
+def test_a_loss_ablation_retrains_ptr_only(tmp_path, monkeypatch):
+    """IFT ignores the PTR loss section, so changing it (one factor) keeps the IFT model."""
+    trained = []
+
+    def fake_train(tcfg):
+        trained.append(tcfg.mode)
+        out = Path(tcfg.output_dir)
+        (out / "model").mkdir(parents=True, exist_ok=True)
+        (out / "model" / "config.json").write_text("{}")
+        dump_config(tcfg, out / "train_config.yaml")
+
+    monkeypatch.setattr("ptr_ray.train.trainer.run_train", fake_train)
+    root = Path(_cfg(tmp_path).output_dir)
+    runner.train_models(_cfg(tmp_path), root, split_changed=False)
+    runner.train_models(_cfg(tmp_path), root, split_changed=False)
+    assert trained == ["ptr", "ift"]  # both reused on the second call
+    runner.train_models(_cfg(tmp_path, "train.loss.confidence=final"), root, split_changed=False)
+    assert trained == ["ptr", "ift", "ptr"]
+    runner.train_models(_cfg(tmp_path, "train.optim.lr=3e-5"), root, split_changed=False)
+    assert trained == ["ptr", "ift", "ptr", "ptr", "ift"]
