@@ -24,7 +24,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast lint models bench lock clean-venv gpu-repro
+.PHONY: setup run test test-fast lint models bench lock clean-venv gpu-repro browser-deps test-browser
 
 setup: $(STAMP)
 
@@ -68,6 +68,19 @@ test: setup lint
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+# Debian's Chromium for the dashboard browser test (tests/observability/test_dashboard_browser.py).
+# Needs root and apt; never fails: without a browser that test skips and says why.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 && echo "browser-deps: $$(chromium --version 2>/dev/null)" || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation >/dev/null && \
+	    echo "browser-deps: installed $$(chromium --version 2>/dev/null)"; } || \
+	  echo "browser-deps: could not install chromium (needs root + apt); the dashboard browser test will skip"
+
+# The dashboard in a real browser; refreshes the README's screenshots in docs/images/.
+test-browser: setup browser-deps
+	PTR_DASHBOARD_SCREENSHOTS=docs/images $(PY) -m pytest -q -s tests/observability/test_dashboard_browser.py $(PYTEST_ARGS)
 
 # ruff (rules and format in pyproject.toml [tool.ruff]) and mypy on the whole package.
 lint: setup

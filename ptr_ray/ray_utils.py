@@ -14,6 +14,13 @@ rule as a context manager.
 Every job gets the same worker environment (:mod:`ptr_ray.runtime_env`) and Ray's
 ``LoggingConfig``, so tasks and actors log through Python's ``logging`` without configuring
 it themselves.
+
+The dashboard: a local instance starts it (``ray.include_dashboard``, on by default) on
+loopback only, at 8265 or the next free port; :func:`init_ray` logs the URL Ray really chose,
+and :func:`log_dashboard` repeats it at the start of every stage (the pipeline's banners). A
+driver that joins a cluster logs the cluster's dashboard instead. Only an instance that
+:func:`init_ray` started or joined has a known URL: one started by someone else (a test's
+fixture, a notebook) may run without the dashboard's web UI, and then no URL is printed.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from ptr_ray.config import RayConfig
 from ptr_ray.runtime_env import apply_env, ray_env_vars
 
 log = logging.getLogger(__name__)
+
+#: The dashboard's pages that show ptr-ray's work (the web UI routes after the URL).
+VIEWS = "#/jobs #/actors #/serve"
+#: (the Ray node this process connected to, its dashboard URL), set by :func:`init_ray`.
+_dashboard: tuple[str, str] | None = None
 
 
 def _logging_config() -> Any:
@@ -63,6 +75,10 @@ def init_ray(
     if address in (None, "local"):
         kwargs["address"] = "local"
         kwargs["include_dashboard"] = cfg.include_dashboard
+        if cfg.include_dashboard:
+            kwargs["dashboard_host"] = cfg.dashboard_host  # loopback (RayConfig checks)
+            if cfg.dashboard_port:
+                kwargs["dashboard_port"] = cfg.dashboard_port
         cpus = cfg.num_cpus or max(os.cpu_count() or 1, min_cpus or 0)
         kwargs["num_cpus"] = max(cpus, min_cpus or 0)
         if cfg.temp_dir:
@@ -71,7 +87,7 @@ def init_ray(
         kwargs["address"] = address
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    ray.init(**kwargs)
+    context = ray.init(**kwargs)
     if handlers:
         # ray.init applies the LoggingConfig to this process too, adding a second handler on
         # the root logger: the entry point already configured the driver's logging (ptr-ray's
@@ -80,7 +96,56 @@ def init_ray(
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(level)
+    local = kwargs["address"] == "local"
+    # With include_dashboard=False Ray still runs its API server (jobs, state) and reports
+    # its address, but with no web UI: that URL would show a blank page, so it is not kept.
+    _remember_dashboard(
+        getattr(context, "dashboard_url", None) if cfg.include_dashboard or not local else None
+    )
+    log_dashboard("local instance" if local else "cluster")
     return True
+
+
+def _remember_dashboard(url: str | None) -> None:
+    global _dashboard
+    _dashboard = None
+    if not url:
+        return
+    import ray
+
+    url = url if "://" in url else f"http://{url}"
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - e.g. a Ray client connection: the URL is still right
+        node = ""
+    _dashboard = (node, url.rstrip("/"))
+
+
+def dashboard_url() -> str | None:
+    """The dashboard of the Ray instance this process is connected to, as ``http://host:port``;
+    None when Ray is not initialized, runs without the dashboard, or was started elsewhere."""
+    import ray
+
+    if _dashboard is None or not ray.is_initialized():
+        return None
+    node, url = _dashboard
+    try:
+        same = not node or ray.get_runtime_context().get_node_id() == node
+    except Exception:  # noqa: BLE001 - a half-shut-down instance: no URL, never an error
+        return None
+    return url if same else None
+
+
+def log_dashboard(where: str = "") -> str | None:
+    """Log the dashboard's URL (one line, with the views that show ptr-ray's work); returns it.
+
+    Called by :func:`init_ray` and by the pipeline's stage banners, so a user watching a long
+    run finds the URL near the top of every stage's output."""
+    url = dashboard_url()
+    if url:
+        suffix = f" ({where})" if where else ""
+        log.info("Ray dashboard%s: %s  (views: %s)", suffix, url, VIEWS)
+    return url
 
 
 @contextmanager

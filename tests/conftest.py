@@ -29,7 +29,11 @@ def tiny_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One private local Ray instance for the whole session (never attaches to another)."""
+    """One private local Ray instance for the whole session (never attaches to another).
+
+    The dashboard stays off here (ptr-ray's default is on): its web server and modules cost
+    every test session seconds and memory on 2 cores, and only the browser test looks at it
+    (tests/observability/test_dashboard_browser.py starts its own Ray with it on)."""
     import ray
 
     tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short path: unix socket limits

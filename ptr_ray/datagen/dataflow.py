@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from pathlib import Path
@@ -86,6 +87,32 @@ def _resources(engine: EngineConfig) -> dict[str, Any]:
     return res
 
 
+def model_label(model: str) -> str:
+    """A model source as a short name for actor class names: ``builtin:smollm2-135m`` ->
+    ``smollm2-135m``, ``/runs/x/train-ptr/model`` -> ``train-ptr-model``,
+    ``Qwen/Qwen2.5-1.5B`` -> ``Qwen2.5-1.5B`` (letters, digits and ``_.+-`` only)."""
+    parts = model.removeprefix("builtin:").rstrip("/").split("/")
+    tail = parts[-2:] if parts[-1] == "model" and len(parts) > 1 else parts[-1:]
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", "-".join(tail)).strip("-") or "model"
+
+
+def named_stage(cls: type, label: str) -> type:
+    """``cls`` under the name ``Class[label]``, e.g. ``WeakThoughts[smollm2-135m]``.
+
+    Ray Data names an actor pool's operator ``MapBatches(<class name>)`` and its actors
+    ``MapWorker(MapBatches(<class name>))``: that is what the progress bars, the dashboard's
+    Actors and Jobs views and the logs show, so the name says which stage (weak, strong, judge,
+    embedding) runs which model. The subclass adds nothing else; cloudpickle ships it by value.
+    """
+    return type(f"{cls.__name__}[{label}]", (cls,), {"__module__": cls.__module__})
+
+
+def dataset_name(cfg: BuildConfig) -> str:
+    """The Ray Data dataset's name (the dashboard's Ray Data view, metrics tags)."""
+    folder = Path(cfg.output.path).expanduser().name or "dataset"
+    return "ptr-build-" + re.sub(r"[^A-Za-z0-9_.+-]+", "-", folder)
+
+
 def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     """The lazy Ray Data pipeline over the prepared candidates."""
     import ray
@@ -100,9 +127,13 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
     # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
     # (tests/datagen/test_dataflow.py kills one). Passing them again is deprecated in Ray 2.60.
-    for engine, rounds in weak_stages(cfg):
+    stages = weak_stages(cfg)
+    for i, (engine, rounds) in enumerate(stages, start=1):
+        label = model_label(engine.model)
+        if len(stages) > 1:  # several weak models alternate, one round each
+            label = f"round{i}-{label}"
         ds = ds.map_batches(
-            WeakThoughts,
+            named_stage(WeakThoughts, label),
             fn_constructor_kwargs=dict(
                 engine=engine,
                 rounds=rounds,
@@ -125,7 +156,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
         )
     else:
         ds = ds.map_batches(
-            StrongAnswers,
+            named_stage(StrongAnswers, model_label(cfg.strong.model.model)),
             fn_constructor_kwargs=dict(
                 engine=cfg.strong.model,
                 sampling=cfg.strong.sampling,
@@ -141,7 +172,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     cons = cfg.consistency
     if cons.method == "embedding":
         ds = ds.map_batches(
-            EmbeddingConsistency,
+            named_stage(EmbeddingConsistency, model_label(cons.embedding_model)),
             fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold),
             batch_size=cons.pool.batch_size,
             batch_format="pyarrow",
@@ -151,7 +182,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
     elif cons.method == "judge":
         judge = cons.judge or cfg.strong.model
         ds = ds.map_batches(
-            JudgeConsistency,
+            named_stage(JudgeConsistency, model_label(judge.model)),
             fn_constructor_kwargs=dict(
                 engine=judge, threshold=cons.threshold, max_tokens=cons.judge_max_tokens
             ),
@@ -160,6 +191,7 @@ def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
             compute=_compute(cons.pool),
             **_resources(judge),
         )
+    ds.set_name(dataset_name(cfg))
     return ds
 
 
