@@ -33,6 +33,11 @@ class EngineConfig(StrictModel):
     seed: int = 0
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (0 = CPU)")
     num_cpus: float = Field(1.0, gt=0, description="logical CPUs per engine actor")
+    metrics: bool = Field(
+        True,
+        description="export vLLM's engine stats (requests running/waiting, KV and prefix-cache "
+        "use, tokens) to Ray's metrics endpoint when the engine runs under Ray",
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM kwargs")
 
 

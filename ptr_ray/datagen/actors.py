@@ -48,7 +48,7 @@ class _EngineStage:
 
         t0 = time.time()
         self.engine_cfg = engine
-        self.engine = make_engine(engine)
+        self.engine = make_engine(engine, role=self.stage)  # role: the label of its metrics
         self.max_len = int(getattr(self.engine, "max_model_len", engine.max_model_len or 2048))
         log.info(
             "%s actor: %s ready in %.1fs (pid %d)",

@@ -34,6 +34,7 @@ from ptr_ray.datagen.actors import (
     reference_answers,
 )
 from ptr_ray.datagen.candidates import Candidate, prepare_candidates
+from ptr_ray.datagen.metrics import BuildMetrics, progress_of
 from ptr_ray.datagen.results import (
     Tally,
     strong_answers_label,
@@ -234,6 +235,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
     stats: dict[str, Any] = {"run_id": run_id, "status": "running"}
     writer: output.ShardWriter | None = None
     tally = Tally(cfg)
+    metrics = BuildMetrics(out.name)  # the same counts, live on Ray's metrics endpoint
     written_ids: set[str] = set(existing.record_ids)
     kinds = {"ptr": 0, "sft": 0}
     prepared = None
@@ -250,6 +252,8 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
             t1 = time.time()
             started = init_ray(cfg.ray, min_cpus=cpus_needed(cfg))
             seconds["ray_init"] = time.time() - t1
+            if metrics.attach():
+                metrics.report(progress_of(prepared, rejects, tally, kinds, seen))
             try:
                 import ray
 
@@ -288,6 +292,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                             kinds[row["kind"]] += 1
                     writer.write(good)
                     rejects.flush()
+                    metrics.report(progress_of(prepared, rejects, tally, kinds, seen))
                 seconds["generate_wall"] = time.time() - t2
                 try:
                     (out / "ray_data_stats.txt").write_text(ds.stats())

@@ -115,12 +115,14 @@ def clamp_context(model_path: str, wanted: int) -> int:
     return wanted
 
 
-def make_engine(cfg: EngineConfig) -> Engine:
-    """The engine the config asks for (the backend's heavy imports happen only now)."""
+def make_engine(cfg: EngineConfig, role: str = "engine") -> Engine:
+    """The engine the config asks for (the backend's heavy imports happen only now).
+
+    ``role`` (``weak``, ``strong``, ``judge``, ...) labels a vLLM engine's metrics."""
     if cfg.backend == "vllm":
         from ptr_ray.engine.vllm import VLLMEngine
 
-        return VLLMEngine(cfg)
+        return VLLMEngine(cfg, role=role)
     from ptr_ray.engine.hf import HFEngine
 
     return HFEngine(cfg)

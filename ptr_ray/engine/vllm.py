@@ -24,6 +24,12 @@ from ptr_ray.engine.base import (
     checked_prompt_ids,
     clamp_context,
 )
+from ptr_ray.engine.vllm_metrics import (
+    check_role,
+    install_offline,
+    ray_metrics_ready,
+    role_stat_logger,
+)
 from ptr_ray.models import resolve_model
 from ptr_ray.runtime_env import apply_env
 
@@ -66,6 +72,19 @@ def vllm_engine_kwargs(cfg: EngineConfig, model_path: str, **more: Any) -> dict[
     return kwargs
 
 
+def exports_metrics(cfg: EngineConfig) -> bool:
+    """Does this engine record vLLM's stats as Ray metrics? ``cfg.metrics`` and inside Ray (a
+    worker, a Serve replica, a driver after ``ray.init``); elsewhere there is no endpoint."""
+    return cfg.metrics and ray_metrics_ready()
+
+
+def metrics_kwargs(cfg: EngineConfig, export: bool) -> dict[str, Any]:
+    """Engine arguments for stats: vLLM computes them only with ``disable_log_stats=False``
+    (or custom loggers), and names the model in its series by ``served_model_name``, here the
+    config's spelling (``builtin:smollm2-135m``) rather than a resolved cache path."""
+    return {"disable_log_stats": False, "served_model_name": cfg.model} if export else {}
+
+
 def sampling_params(sampling: SamplingConfig, **overrides: Any) -> Any:
     """vLLM ``SamplingParams`` from a SamplingConfig: one mapping for both engines.
 
@@ -93,16 +112,27 @@ def _finish(reason: str | None) -> str:
 
 
 class VLLMEngine:
-    """vLLM's offline ``LLM`` with prefix caching; fed token ids rendered by prompts.py."""
+    """vLLM's offline ``LLM`` with prefix caching; fed token ids rendered by prompts.py.
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    ``role`` labels its stats on Ray's metrics endpoint (``weak``, ``strong``, ``judge``, ...;
+    :mod:`ptr_ray.engine.vllm_metrics`); they are exported when ``cfg.metrics`` is on and the
+    engine runs inside Ray.
+    """
+
+    def __init__(self, cfg: EngineConfig, role: str = "engine") -> None:
         configure_vllm_env(cfg)
         t0 = time.time()
         import vllm  # noqa: WPS433 - heavy import deferred until an engine is really wanted
 
         self.cfg = cfg
+        self.role = check_role(role)
         self.model_path = resolve_model(cfg.model)
-        self.llm = vllm.LLM(**vllm_engine_kwargs(cfg, self.model_path))
+        export = exports_metrics(cfg)
+        self.llm = vllm.LLM(
+            **vllm_engine_kwargs(cfg, self.model_path, **metrics_kwargs(cfg, export))
+        )
+        # LLM takes no stat loggers: its default ones are swapped for the Ray one (if stats on)
+        self.exports_metrics = export and install_offline(self.llm, self.role)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         log.info("vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
@@ -153,16 +183,23 @@ class AsyncVLLMEngine:
     so a disconnected client stops costing compute at once.
     """
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, role: str = "serve") -> None:
         configure_vllm_env(cfg)
         t0 = time.time()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.cfg = cfg
+        self.role = check_role(role)
         self.model_path = resolve_model(cfg.model)
-        kwargs = vllm_engine_kwargs(cfg, self.model_path, disable_log_stats=True)
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        export = exports_metrics(cfg)
+        # With stat loggers given, AsyncLLM computes stats but adds none of its default
+        # loggers (disable_log_stats=True keeps the periodic log line away).
+        more: dict[str, Any] = {"served_model_name": cfg.model} if export else {}
+        kwargs = vllm_engine_kwargs(cfg, self.model_path, disable_log_stats=True, **more)
+        loggers = [role_stat_logger(self.role)] if export else None
+        self.exports_metrics = export
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=loggers)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.model_config.max_model_len)
         self.encoder = PromptEncoder(self.tokenizer, self.max_model_len)

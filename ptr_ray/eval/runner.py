@@ -76,7 +76,7 @@ def fingerprint(cfg: EvalConfig, engine_cfg: EngineConfig, task: EvalTask) -> st
     key = {
         "v": SCORING_VERSION,
         "model": _model_signature(engine_cfg.model),
-        "engine": engine_cfg.model_dump(mode="json", exclude={"num_cpus", "num_gpus"}),
+        "engine": engine_cfg.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "metrics"}),
         "sampling": _sampling(cfg, task).model_dump(mode="json"),
         "prompt": cfg.prompt.model_dump(mode="json"),
         "rounds": cfg.rounds,

@@ -12,6 +12,83 @@ from typing import Any
 
 ROUND_LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
+# The metrics of this module, one table: (name, kind, description, tag keys). The classes make
+# them from here; the Grafana dashboard test (tests/observability) checks its queries against
+# it. Ray exports each as ``ray_<name>`` (counters keep their ``_total``; a histogram adds
+# ``_bucket``, ``_sum``, ``_count``); Serve adds application, deployment and replica to the
+# engine's.
+MetricSpec = tuple[str, str, str, tuple[str, ...]]
+INGRESS_METRICS: dict[str, MetricSpec] = {
+    "requests": (
+        "ptr_requests_total",
+        "counter",
+        "refinement requests by route and status",
+        ("route", "status"),
+    ),
+    "rounds": ("ptr_rounds_total", "counter", "refinement rounds generated", ("model",)),
+    "round_latency": (
+        "ptr_round_latency_seconds",
+        "histogram",
+        "latency of one refinement round",
+        ("model",),
+    ),
+    "tokens": (
+        "ptr_tokens_total",
+        "counter",
+        "tokens by kind (prompt, completion, cached)",
+        ("model", "kind"),
+    ),
+    "stopped_early": (
+        "ptr_stopped_early_total",
+        "counter",
+        "requests ended by stop_when_stable",
+        ("model",),
+    ),
+    "cancelled": (
+        "ptr_cancelled_total",
+        "counter",
+        "requests whose client went away",
+        ("model",),
+    ),
+    "timeouts": (
+        "ptr_timeouts_total",
+        "counter",
+        "requests aborted by a time limit (first_token_timeout, stall_timeout, request_timeout)",
+        ("model", "limit"),
+    ),
+}
+ENGINE_METRICS: dict[str, MetricSpec] = {
+    "requests": (
+        "ptr_engine_requests_total",
+        "counter",
+        "refinement requests an engine replica took (all their rounds run there)",
+        (),
+    ),
+    "started": (
+        "ptr_engine_rounds_started_total",
+        "counter",
+        "rounds an engine replica started",
+        (),
+    ),
+    "ended": (
+        "ptr_engine_rounds_total",
+        "counter",
+        "rounds an engine replica ended, by outcome (finished, cancelled, rejected, failed)",
+        ("outcome",),
+    ),
+}
+
+
+def _make(m: Any, spec: MetricSpec) -> Any:
+    """One metric from ``ray.util.metrics`` or ``ray.serve.metrics`` (same signatures)."""
+    name, kind, description, keys = spec
+    if kind == "histogram":
+        return m.Histogram(
+            name, description=description, boundaries=ROUND_LATENCY_BOUNDARIES, tag_keys=keys
+        )
+    cls = m.Counter if kind == "counter" else m.Gauge
+    return cls(name, description=description, tag_keys=keys or None)
+
 
 class ServeMetrics:
     """requests, rounds, per-round latency, tokens and prefix-cache hits of one ingress replica."""
@@ -27,44 +104,7 @@ class ServeMetrics:
             if ray.is_initialized():
                 from ray.util import metrics as m
 
-                keys = ("route", "status")
-                self._ray = {
-                    "requests": m.Counter(
-                        "ptr_requests_total",
-                        "refinement requests by route and status",
-                        tag_keys=keys,
-                    ),
-                    "rounds": m.Counter(
-                        "ptr_rounds_total", "refinement rounds generated", tag_keys=("model",)
-                    ),
-                    "round_latency": m.Histogram(
-                        "ptr_round_latency_seconds",
-                        "latency of one refinement round",
-                        boundaries=ROUND_LATENCY_BOUNDARIES,
-                        tag_keys=("model",),
-                    ),
-                    "tokens": m.Counter(
-                        "ptr_tokens_total",
-                        "tokens by kind (prompt, completion, cached)",
-                        tag_keys=("model", "kind"),
-                    ),
-                    "stopped_early": m.Counter(
-                        "ptr_stopped_early_total",
-                        "requests ended by stop_when_stable",
-                        tag_keys=("model",),
-                    ),
-                    "cancelled": m.Counter(
-                        "ptr_cancelled_total",
-                        "requests whose client went away",
-                        tag_keys=("model",),
-                    ),
-                    "timeouts": m.Counter(
-                        "ptr_timeouts_total",
-                        "requests aborted by a time limit (first_token_timeout, "
-                        "stall_timeout, request_timeout)",
-                        tag_keys=("model", "limit"),
-                    ),
-                }
+                self._ray = {key: _make(m, INGRESS_METRICS[key]) for key in INGRESS_METRICS}
         except Exception:  # pragma: no cover - metrics must never break serving
             self._ray = {}
 
@@ -131,19 +171,9 @@ class EngineMetrics:
         try:
             from ray.serve import metrics as m
 
-            self._requests = m.Counter(
-                "ptr_engine_requests_total",
-                description="refinement requests an engine replica took (all their rounds run there)",
-            )
-            self._started = m.Counter(
-                "ptr_engine_rounds_started_total", description="rounds an engine replica started"
-            )
-            self._ended = m.Counter(
-                "ptr_engine_rounds_total",
-                tag_keys=("outcome",),
-                description="rounds an engine replica ended, by outcome "
-                "(finished, cancelled, rejected, failed)",
-            )
+            self._requests = _make(m, ENGINE_METRICS["requests"])
+            self._started = _make(m, ENGINE_METRICS["started"])
+            self._ended = _make(m, ENGINE_METRICS["ended"])
         except Exception:  # pragma: no cover - metrics must never break serving
             self._requests = self._started = self._ended = None
 

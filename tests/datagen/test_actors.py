@@ -172,7 +172,7 @@ def fake_engine(monkeypatch, tiny_tokenizer):
     import ptr_ray.engine
 
     engine = FakeEngine(tiny_tokenizer)
-    monkeypatch.setattr(ptr_ray.engine, "make_engine", lambda cfg: engine)
+    monkeypatch.setattr(ptr_ray.engine, "make_engine", lambda cfg, role="engine": engine)
     return engine
 
 

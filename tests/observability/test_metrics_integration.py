@@ -1,0 +1,212 @@
+"""Engine and build metrics on Ray's Prometheus endpoint, scraped from outside.
+
+A local Ray instance; an offline vLLM engine in an actor (the way a build's actor pool runs
+it) and an async one in an async actor (what a Serve replica runs) generate a few completions
+each; the driver reports a build snapshot. The roles are this test's own (``obs-weak``,
+``obs-serve``), so other tests' engines in the same Ray session cannot add to the counts. Then the node's
+metrics endpoint is scraped until vLLM's gauges and counters appear with ptr-ray's labels and
+the generated-token counters equal what the engines returned (Ray's metrics agent exports every
+few seconds, so it is polled).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+PROMPTS = 4
+MAX_TOKENS = 8
+
+
+def _engine_cfg(model_dir) -> dict:
+    return {
+        "model": str(model_dir),
+        "dtype": "float32",
+        "max_model_len": 512,
+        "max_num_seqs": 8,
+        "kv_cache_gib": 1,
+    }
+
+
+def _samples() -> list:
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def _find(samples, name: str, **labels) -> list:
+    return [
+        s
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def test_engine_and_build_metrics_reach_rays_prometheus_endpoint(ray_local, tiny_model_dir):
+    ray = ray_local
+    cfg = _engine_cfg(tiny_model_dir)
+    model = cfg["model"]
+
+    @ray.remote(num_cpus=1)
+    class OfflineEngine:
+        def __init__(self, cfg: dict, role: str) -> None:
+            from ptr_ray.config import EngineConfig
+            from ptr_ray.engine.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(EngineConfig.model_validate(cfg), role=role)
+
+        def generate(self, n: int) -> tuple[bool, int]:
+            from ptr_ray.config import SamplingConfig
+
+            convs = [[{"role": "user", "content": f"Count to {i} please."}] for i in range(n)]
+            gens = self.engine.generate(convs, SamplingConfig(max_tokens=MAX_TOKENS))
+            return self.engine.exports_metrics, sum(g.completions[0].tokens for g in gens)
+
+        def close(self) -> None:
+            self.engine.close()
+
+    @ray.remote(num_cpus=1)
+    class AsyncEngine:
+        async def start(self, cfg: dict, role: str) -> bool:
+            from ptr_ray.config import EngineConfig
+            from ptr_ray.engine.vllm import AsyncVLLMEngine
+
+            self.engine = AsyncVLLMEngine(EngineConfig.model_validate(cfg), role=role)
+            return self.engine.exports_metrics
+
+        async def generate(self, n: int) -> int:
+            import asyncio
+
+            from ptr_ray.config import SamplingConfig
+
+            s = SamplingConfig(max_tokens=MAX_TOKENS)
+            gens = await asyncio.gather(
+                *[
+                    self.engine.generate([{"role": "user", "content": f"Name {i} colours."}], s)
+                    for i in range(n)
+                ]
+            )
+            return sum(g.completions[0].tokens for g in gens)
+
+        async def close(self) -> None:
+            self.engine.close()
+
+    from ptr_ray.datagen.metrics import BuildMetrics, BuildProgress
+
+    build = BuildMetrics("obs-test-build")
+    assert build.attach()
+    build.report(
+        BuildProgress(
+            rows_in=5,
+            skipped=0,
+            queued=4,
+            returned=1,
+            rows_out={"ptr": 1},
+            dropped={"prepare": {"duplicate": 1}},
+            tokens={"weak": {model: {"prompt": 30, "generated": 7, "cached": 0}}},
+        )
+    )
+
+    t0 = time.time()
+    offline = OfflineEngine.remote(cfg, "obs-weak")
+    exported, weak_tokens = ray.get(offline.generate.remote(PROMPTS), timeout=300)
+    t1 = time.time()
+    replica = AsyncEngine.remote()
+    assert ray.get(replica.start.remote(cfg, "obs-serve"), timeout=300) is True
+    serve_tokens = ray.get(replica.generate.remote(PROMPTS), timeout=300)
+    print(f"engines ready and done: offline {t1 - t0:.1f}s, async {time.time() - t1:.1f}s")
+    assert exported is True and weak_tokens > 0 and serve_tokens > 0
+
+    wanted = {
+        "weak gauge running": (
+            "ray_vllm_num_requests_running",
+            {"role": "obs-weak", "model_name": model},
+            None,
+        ),
+        "weak gauge waiting": (
+            "ray_vllm_num_requests_waiting",
+            {"role": "obs-weak", "model_name": model},
+            None,
+        ),
+        "weak kv usage": (
+            "ray_vllm_kv_cache_usage_perc",
+            {"role": "obs-weak", "model_name": model},
+            None,
+        ),
+        "weak prefix queries": (
+            "ray_vllm_prefix_cache_queries_total",
+            {"role": "obs-weak", "model_name": model},
+            None,
+        ),
+        "weak generated": (
+            "ray_vllm_generation_tokens_total",
+            {"role": "obs-weak", "model_name": model},
+            weak_tokens,
+        ),
+        "weak ttft": (
+            "ray_vllm_time_to_first_token_seconds_count",
+            {"role": "obs-weak", "model_name": model},
+            PROMPTS,
+        ),
+        "serve running": (
+            "ray_vllm_num_requests_running",
+            {"role": "obs-serve", "model_name": model},
+            None,
+        ),
+        "serve generated": (
+            "ray_vllm_generation_tokens_total",
+            {"role": "obs-serve", "model_name": model},
+            serve_tokens,
+        ),
+        "build rows in": ("ray_ptr_build_rows_in_total", {"build": "obs-test-build"}, 5),
+        "build dropped": (
+            "ray_ptr_build_rows_dropped_total",
+            {"build": "obs-test-build", "stage": "prepare", "reason": "duplicate"},
+            1,
+        ),
+        "build tokens": (
+            "ray_ptr_build_tokens_total",
+            {"build": "obs-test-build", "role": "weak", "kind": "generated"},
+            7,
+        ),
+        "build pending": ("ray_ptr_build_rows_pending", {"build": "obs-test-build"}, 3),
+    }
+    missing: dict[str, str] = dict.fromkeys(wanted, "not scraped yet")
+    deadline = time.time() + 90
+    samples: list = []
+    while missing and time.time() < deadline:
+        samples = _samples()
+        for key, (name, labels, value) in list(wanted.items()):
+            found = _find(samples, name, **labels)
+            if not found:
+                missing[key] = "absent"
+                continue
+            total = sum(s.value for s in found)
+            if value is not None and total != value:
+                missing[key] = f"{total} != {value}"
+                continue
+            missing.pop(key, None)
+        if missing:
+            time.sleep(2.0)
+    try:
+        assert not missing, (
+            f"{missing}; vllm/ptr samples seen: "
+            f"{sorted({s.name for s in samples if 'vllm' in s.name or 'ptr_build' in s.name})}"
+        )
+        # ptr-ray's labels: the config's model name and the role; vLLM's replica tag
+        (running,) = _find(samples, "ray_vllm_num_requests_running", role="obs-weak")
+        assert running.labels["model_name"] == model and running.labels["ReplicaId"] == ""
+        (srv,) = _find(samples, "ray_vllm_generation_tokens_total", role="obs-serve")
+        assert srv.labels["model_name"] == model
+        print(f"scraped after {time.time() - t0:.1f}s")
+    finally:
+        ray.get([offline.close.remote(), replica.close.remote()], timeout=120)
+        ray.kill(offline)
+        ray.kill(replica)
