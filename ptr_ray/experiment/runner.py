@@ -64,10 +64,7 @@ class ExperimentError(PtrRayValueError):
 
 
 def _stage(n: int, total: int, name: str) -> None:
-    from ptr_ray.ray_utils import log_dashboard
-
     log.info("=" * 20 + f" [{n}/{total}] {name} " + "=" * 20)
-    log_dashboard()  # the URL again at every stage: a long run's top lines scroll away
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -336,12 +333,16 @@ def evaluate_emergence(
 
 def synthetic_notes(cfg: ExperimentConfig, dataset: Path, heldout: Path | None) -> list[str]:
     """What a reader must know about where the items and references come from."""
+    strong = (
+        "the source's reference answers (`strong.source: references`), no strong model"
+        if cfg.build.strong.source == "references"
+        else f"`{cfg.build.strong.model.model}`"
+    )
     source = (
         f"the existing dataset `{dataset}`"
         if cfg.dataset
         else f"the dataset built here (weak: "
-        f"{', '.join(f'`{m.model}`' for m in cfg.build.weak.models)}; strong: "
-        f"`{cfg.build.strong.model.model}`)"
+        f"{', '.join(f'`{m.model}`' for m in cfg.build.weak.models)}; strong: {strong})"
     )
     notes = [
         f"Training episodes are synthetic: weak-model thoughts and the build's final answers "

@@ -103,6 +103,15 @@ def test_eval_config_per_instruction(tmp_path):
     assert cfg.train_config("ptr").prompt.refine_instruction == "First one."
     notes = runner.synthetic_notes(cfg, root / "dataset", root / "heldout.jsonl")
     assert any("not correctness" in n for n in notes)
+    assert cfg.build.strong.model.model in notes[0]
+    refs = _cfg(
+        tmp_path,
+        "build.strong.source=references",
+        "build.sources=[{kind: synthetic, name: arith-train, limit: 8}]",
+    )
+    notes = runner.synthetic_notes(refs, root / "dataset", None)
+    assert "strong.source: references" in notes[0]
+    assert refs.build.strong.model.model not in notes[0]  # no model wrote those answers
 
 
 def test_robustness_instructions_use_their_own_tasks_and_limit(tmp_path):
