@@ -16,6 +16,23 @@ from ptr_ray.prompts import DEFAULT_REFINE_INSTRUCTION
 
 __all__ = ["EngineConfig", "PromptConfig", "RayConfig", "SamplingConfig"]
 
+# Ray's own resources have their own knobs (num_cpus, num_gpus); Ray refuses them in a
+# ``resources`` dict only when it schedules, so a config says so when it is loaded.
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_custom_resources(value: dict[str, float]) -> dict[str, float]:
+    """A ``resources`` mapping of custom Ray resources: no built-in name, no negative amount."""
+    for name, amount in value.items():
+        if name in _BUILTIN_RESOURCES:
+            raise ValueError(
+                f"{name!r} is a built-in Ray resource: set it with its own key "
+                "(num_cpus, num_gpus), not in resources"
+            )
+        if amount < 0:
+            raise ValueError(f"resource {name!r} must be >= 0, got {amount}")
+    return value
+
 
 class EngineConfig(StrictModel):
     """How to run one generation engine (vLLM, or the transformers fallback for tests)."""
@@ -33,6 +50,12 @@ class EngineConfig(StrictModel):
     seed: int = 0
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (0 = CPU)")
     num_cpus: float = Field(1.0, gt=0, description="logical CPUs per engine actor")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per engine actor or replica, e.g. {pool_vllm: 1}: "
+        "it runs only on nodes that advertise them (placement, never the results)",
+    )
+    _resources = field_validator("resources")(check_custom_resources)
     metrics: bool = Field(
         True,
         description="export vLLM's engine stats (requests running/waiting, KV and prefix-cache "

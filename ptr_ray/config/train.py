@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ptr_ray.config.base import StrictModel
-from ptr_ray.config.common import PromptConfig, RayConfig
+from ptr_ray.config.common import PromptConfig, RayConfig, check_custom_resources
 
 __all__ = [
     "DeepSpeedConfig",
@@ -89,6 +89,12 @@ class TrainScalingConfig(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, e.g. {pool_train: 1}: workers run only "
+        "on nodes that advertise them",
+    )
+    _resources = field_validator("resources")(check_custom_resources)
 
 
 class LoraConfig(StrictModel):

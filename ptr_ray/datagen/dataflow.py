@@ -85,6 +85,8 @@ def _resources(engine: EngineConfig) -> dict[str, Any]:
     res: dict[str, Any] = {"num_cpus": engine.num_cpus}
     if engine.num_gpus > 0:
         res["num_gpus"] = engine.num_gpus
+    if engine.resources:  # custom resources pin the pool to the nodes advertising them
+        res["resources"] = dict(engine.resources)
     return res
 
 

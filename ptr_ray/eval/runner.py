@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -76,7 +77,9 @@ def fingerprint(cfg: EvalConfig, engine_cfg: EngineConfig, task: EvalTask) -> st
     key = {
         "v": SCORING_VERSION,
         "model": _model_signature(engine_cfg.model),
-        "engine": engine_cfg.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "metrics"}),
+        "engine": engine_cfg.model_dump(
+            mode="json", exclude={"num_cpus", "num_gpus", "resources", "metrics"}
+        ),
         "sampling": _sampling(cfg, task).model_dump(mode="json"),
         "prompt": cfg.prompt.model_dump(mode="json"),
         "rounds": cfg.rounds,
@@ -301,9 +304,13 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
     if ray_cfg.address == "local":  # a local worker's cwd need not be ours
         cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
+    opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+    for m in cfg.methods:  # custom resources (engine.resources): the most any method asks
+        for name, amount in m.engine.get("resources", cfg.engine.resources).items():
+            opts.setdefault("resources", {})[name] = max(amount, opts["resources"].get(name, 0))
     with ray_session(ray_cfg):  # the pipeline's instance if it runs one, else our own
-        remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate)
-        log.info("evaluating inside a Ray task (num_cpus=%s, num_gpus=%s)", cpus, gpus)
+        remote = ray.remote(**opts)(evaluate)
+        log.info("evaluating inside a Ray task (%s)", opts)
         return ray.get(remote.remote(cfg))
 
 

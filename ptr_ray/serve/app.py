@@ -310,7 +310,9 @@ async def _proxy_host() -> str:
 def build_application(cfg: ServeConfig):
     """The Serve application (ingress bound to the engine) for a validated config."""
     eng_opts = cfg.engine_deployment.serve_options()
-    actor = {"num_cpus": cfg.engine.num_cpus, "num_gpus": cfg.engine.num_gpus}
+    actor: dict[str, Any] = {"num_cpus": cfg.engine.num_cpus, "num_gpus": cfg.engine.num_gpus}
+    if cfg.engine.resources:  # custom resources: replicas only on nodes advertising them
+        actor["resources"] = dict(cfg.engine.resources)
     actor.update(eng_opts.get("ray_actor_options") or {})
     eng_opts["ray_actor_options"] = actor
     # @serve.deployment turned the classes into Deployments; mypy ignores class decorators.

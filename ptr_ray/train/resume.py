@@ -66,6 +66,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "scaling.cpus_per_worker",
     "scaling.gpus_per_worker",
     "scaling.placement_strategy",
+    "scaling.resources",
     "ray",
     "on_config_change",
 )
@@ -113,7 +114,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
+        if isinstance(v, Mapping) and v:  # an empty mapping stays a key of its own
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v

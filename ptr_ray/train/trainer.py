@@ -131,6 +131,7 @@ def run_train(cfg: TrainConfig) -> Path:
         resources = {"CPU": sc.cpus_per_worker}
         if sc.use_gpu:
             resources["GPU"] = sc.gpus_per_worker
+        resources.update(sc.resources)  # custom resources: only nodes advertising them
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "records": ray.put(records)},
