@@ -144,7 +144,11 @@ def log_dashboard(where: str = "") -> str | None:
     url = dashboard_url()
     if url:
         suffix = f" ({where})" if where else ""
-        log.info("Ray dashboard%s: %s  (views: %s)", suffix, url, VIEWS)
+        # Ray 2.60 protects a new local instance with a token by default (ray.init sets
+        # RAY_AUTH_MODE=token here): the web UI asks for it once per browser.
+        token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+        login = "; it asks for Ray's token: `ray get-auth-token`" if token else ""
+        log.info("Ray dashboard%s: %s  (views: %s%s)", suffix, url, VIEWS, login)
     return url
 
 

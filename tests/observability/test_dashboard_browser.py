@@ -147,6 +147,33 @@ class Browser:
         missing = [e for e in expect if e not in text]
         raise AssertionError(f"{url} never showed {missing}; the page said:\n{text[:3000]}")
 
+    def authenticate(self, dashboard: str, token: str | None) -> None:
+        """Log in as a person does once per browser: Ray 2.60 protects a new local instance
+        with a token (the dashboard asks for it; ``ray get-auth-token`` prints it). A valid
+        token posted to /api/authenticate sets the session cookie."""
+        self.call("Page.navigate", url=f"{dashboard}/#/overview")
+        if token is None:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = self.call(
+                "Runtime.evaluate", expression="document.readyState", returnByValue=True
+            )
+            if state.get("result", {}).get("value") == "complete":
+                break
+            time.sleep(0.3)
+        res = self.call(
+            "Runtime.evaluate",
+            expression=(
+                "fetch('/api/authenticate', {method: 'POST', headers: "
+                f"{{Authorization: 'Bearer ' + {json.dumps(token)}}}}}).then(r => r.status)"
+            ),
+            awaitPromise=True,
+            returnByValue=True,
+        )
+        status = res.get("result", {}).get("value")
+        assert status == 200, f"the dashboard refused Ray's token: HTTP {status}"
+
     def screenshot(self, path: Path) -> None:
         shot = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -220,14 +247,31 @@ class ServeProcess:
         self.log.close()
 
 
+def ray_token() -> str | None:
+    """The token of a local Ray 2.60 instance (token auth is its default): None if disabled."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _headers() -> dict[str, str]:
+    token = ray_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_headers()), timeout=30) as r:
         return json.load(r)
 
 
 def _post(url: str, body: dict[str, Any]) -> Any:
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **_headers()},
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.load(r)
@@ -296,6 +340,9 @@ def served(tiny_model_dir, tmp_path) -> Iterator[tuple[ServeProcess, str]]:
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-dash-", dir="/tmp"))  # short: socket paths
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PTR_API_KEY")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Serve's proxy must answer its readiness check in 5 s, three times running, or it is
+    # killed and `serve.start` fails: on 2 loaded cores it can miss that. Time, not behaviour.
+    env.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     args = [
         f"engine.model={tiny_model_dir}",
         "engine.dtype=float32",
@@ -335,6 +382,7 @@ def test_dashboard_shows_ptr_rays_work_in_a_browser(chromium, served, tiny_model
     profile.mkdir()
     browser = Browser(chromium, profile, tmp_path / "chromium.log")
     try:
+        browser.authenticate(dashboard, ray_token())
         views = [
             ("serve", f"{dashboard}/#/serve", ["ptr-ray", "PTRIngress", "PTREngine"]),
             ("actors", f"{dashboard}/#/actors", ["PTRIngress", "PTREngine", "ServeController"]),

@@ -227,3 +227,16 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
         [c],
     )
     assert calls[-1].startswith("EmbeddingConsistency[")
+
+
+def test_the_url_line_says_how_to_log_in_when_ray_uses_a_token(fake_ray, monkeypatch, caplog):
+    """Ray 2.60 turns token auth on for a new local instance: the web UI asks for the token."""
+    from ptr_ray.ray_utils import init_ray, log_dashboard
+
+    caplog.set_level(logging.INFO, logger="ptr_ray.ray_utils")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    init_ray(RayConfig())
+    assert "ray get-auth-token" not in caplog.text
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    log_dashboard()
+    assert "ray get-auth-token" in caplog.text
