@@ -23,7 +23,15 @@ from ptr_ray.config.base import (
     parse_override,
     read_yaml,
 )
-from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
+from ptr_ray.config.common import (
+    EngineConfig,
+    MlflowConfig,
+    PromptConfig,
+    RayConfig,
+    SamplingConfig,
+    TrackingConfig,
+    WandbConfig,
+)
 from ptr_ray.config.datagen import (
     DEFAULT_STRONG_MODEL,
     BuildCheckConfig,
@@ -58,6 +66,7 @@ from ptr_ray.config.train import (
     OptimConfig,
     TrainConfig,
     TrainScalingConfig,
+    TrainTrackingConfig,
 )
 
 __all__ = [
@@ -79,6 +88,7 @@ __all__ = [
     "HypothesisConfig",
     "LoraConfig",
     "LossConfig",
+    "MlflowConfig",
     "OptimConfig",
     "OutputConfig",
     "PipelineConfig",
@@ -95,8 +105,11 @@ __all__ = [
     "SmokeConfig",
     "StrictModel",
     "StrongConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TrainScalingConfig",
+    "TrainTrackingConfig",
+    "WandbConfig",
     "WeakConfig",
     "apply_overrides",
     "dump_config",

@@ -14,7 +14,15 @@ from pydantic import Field, field_validator
 from ptr_ray.config.base import StrictModel
 from ptr_ray.prompts import DEFAULT_REFINE_INSTRUCTION
 
-__all__ = ["EngineConfig", "PromptConfig", "RayConfig", "SamplingConfig"]
+__all__ = [
+    "EngineConfig",
+    "MlflowConfig",
+    "PromptConfig",
+    "RayConfig",
+    "SamplingConfig",
+    "TrackingConfig",
+    "WandbConfig",
+]
 
 # Ray's own resources have their own knobs (num_cpus, num_gpus); Ray refuses them in a
 # ``resources`` dict only when it schedules, so a config says so when it is loaded.
@@ -123,3 +131,51 @@ class RayConfig(StrictModel):
                 "another machine (ssh -L 8265:127.0.0.1:8265 HOST)"
             )
         return host.strip().strip("[]")
+
+
+class MlflowConfig(StrictModel):
+    """Where the ``mlflow`` tracking backend logs (ptr_ray/tracking.py)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; None = $MLFLOW_TRACKING_URI of the driver, else a "
+        "local store in <output_dir>/mlruns",
+    )
+    experiment: str = Field("ptr-ray", min_length=1, description="MLflow experiment name")
+
+
+class WandbConfig(StrictModel):
+    """How the ``wandb`` tracking backend logs (ptr_ray/tracking.py). Offline unless asked."""
+
+    project: str = Field("ptr-ray", min_length=1)
+    entity: str | None = Field(None, description="W&B team or user; None = the account's default")
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None,
+        description="None = $WANDB_MODE of the driver, else offline (files in "
+        "<output_dir>/wandb, upload later with `wandb sync`); online uploads as it runs",
+    )
+
+
+class TrackingConfig(StrictModel):
+    """Experiment tracking beside metrics.jsonl (which is always written and stays the record).
+
+    Off by default: a run writes no extra files and imports no tracking package unless a
+    backend is named here."""
+
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="tensorboard: event files beside metrics.jsonl (tensorboardX, comes with "
+        "Ray Train); mlflow, wandb: need their package installed",
+    )
+    tensorboard_dir: str | None = Field(
+        None, description="folder of the TensorBoard event files; None = the output folder"
+    )
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"backends lists a backend twice: {v}")
+        return v

@@ -11,7 +11,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ptr_ray.config.base import StrictModel
-from ptr_ray.config.common import EngineConfig, PromptConfig, RayConfig, SamplingConfig
+from ptr_ray.config.common import (
+    EngineConfig,
+    PromptConfig,
+    RayConfig,
+    SamplingConfig,
+    TrackingConfig,
+)
 
 __all__ = [
     "EvalConfig",
@@ -172,6 +178,11 @@ class EvalConfig(StrictModel):
     output_dir: str = "runs/eval"
     resume: bool = Field(True, description="reuse (method, task) results already in output_dir")
     plot: bool = True
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="also log each method's headline metric per task and round to "
+        "TensorBoard / MLflow / W&B (ptr_ray/tracking.py)",
+    )
     ray: RayConfig | None = Field(
         None, description="set to run evaluation inside a Ray task with the engine's resources"
     )

@@ -12,7 +12,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ptr_ray.config.base import StrictModel
-from ptr_ray.config.common import PromptConfig, RayConfig, check_custom_resources
+from ptr_ray.config.common import (
+    PromptConfig,
+    RayConfig,
+    TrackingConfig,
+    check_custom_resources,
+)
 
 __all__ = [
     "DeepSpeedConfig",
@@ -21,6 +26,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainScalingConfig",
+    "TrainTrackingConfig",
 ]
 
 
@@ -115,12 +121,30 @@ class LoraConfig(StrictModel):
         return self
 
 
+class TrainTrackingConfig(TrackingConfig):
+    """Training's tracking: the shared backends, plus Ray metrics from rank 0."""
+
+    ray_metrics: bool = Field(
+        True,
+        description="export loss terms, λ, lr and tokens/s as Ray metrics gauges (Ray's "
+        "Prometheus endpoint, tag run=<run_name>); one local call per value and step",
+    )
+
+
 class TrainConfig(StrictModel):
     """``ptr-ray train``: weighted thought-mask fine-tuning on Ray Train + DeepSpeed."""
 
     model: str = Field("builtin:smollm2-135m", description="HF id, local folder or builtin:NAME")
     dataset: str = Field(..., description="dataset folder of records (ptr_ray/records.py)")
     output_dir: str = Field(..., description="checkpoints, metrics.jsonl, model/; reused = resume")
+    run_name: str = Field(
+        "train",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        description="Ray Train run name (the dashboard's Train view, the metrics' run tag, "
+        "the MLflow/W&B run) and its checkpoint folder in the storage path; another name on "
+        "an existing output_dir is another run",
+    )
     mode: Literal["ptr", "ift"] = Field(
         "ptr", description="ptr: thoughts + answer, PTR loss; ift: query -> answer, plain CE"
     )
@@ -150,6 +174,10 @@ class TrainConfig(StrictModel):
         "the checkpoints an emergence curve evaluates",
     )
     progress: bool = True
+    tracking: TrainTrackingConfig = Field(
+        default_factory=TrainTrackingConfig,
+        description="TensorBoard / MLflow / W&B logging and Ray metrics (ptr_ray/tracking.py)",
+    )
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=None))
     storage_path: str | None = Field(
         None, description="Ray Train storage (shared FS or s3://); default output_dir/ray"

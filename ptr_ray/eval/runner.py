@@ -314,9 +314,28 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
         return ray.get(remote.remote(cfg))
 
 
+def track_report(report: EvalReport, cfg: EvalConfig, out: Path) -> None:
+    """Each (method, task)'s headline metric by round to the tracking backends: scalar
+    ``eval/<task>/<method>`` at step = round, one call per round (W&B wants rising steps)."""
+    from ptr_ray.tracking import open_tracker
+
+    by_round: dict[int, dict[str, float]] = {}
+    for res in report.results:
+        for row in res.summary():
+            if row.metric == res.metrics[0]:
+                by_round.setdefault(row.round, {})[f"{res.task}/{res.method}"] = row.accuracy
+    params = cfg.model_dump(mode="json")
+    with open_tracker(cfg.tracking, out, run_name=out.name, prefix="eval", params=params) as t:
+        for k in sorted(by_round):
+            t.log_scalars(by_round[k], k)
+
+
 def run_eval(cfg: EvalConfig) -> EvalReport:
     """``ptr-ray eval``: evaluate, write the report files, print the round-by-round table."""
     t0 = time.time()
+    from ptr_ray.tracking import check_tracking
+
+    check_tracking(cfg.tracking)  # a backend that is not installed fails now, not at the end
     if cfg.ray is not None:
         preflight(cfg)  # fail on the driver, before a Ray task is scheduled
         report = _evaluate_on_ray(cfg)
@@ -327,6 +346,8 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     paths = write_report(report, out, plot=cfg.plot)
+    if cfg.tracking.backends:
+        track_report(report, cfg, out)
     print()
     print(markdown_table(report))
     print(f"\nwall time {report.wall_s:.0f}s; wrote " + ", ".join(str(p) for p in paths.values()))

@@ -60,6 +60,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "max_failures",
     "log_every",
     "progress",
+    "tracking",  # where charts and metrics go (TensorBoard, MLflow, W&B, Ray metrics)
     "export",
     "export_steps",
     "gradient_checkpointing",  # recomputes activations: memory for time, same values

@@ -3,8 +3,9 @@
 The driver does everything that can fail on bad input *before* a worker starts (dataset
 folder, columns, blank answers, chat template, ``max_length`` vs the shortest answer), then
 hands the validated records to a :class:`ray.train.torch.TorchTrainer`. The run is named
-``train`` under ``<output_dir>/ray`` (or ``storage_path``): Ray Train keeps a snapshot of its
-checkpoints there, so a second ``ptr-ray train`` on the same output folder resumes (step,
+``run_name`` (``train`` unless set; the Ray dashboard's Train view lists it by that name) and
+lives under ``<output_dir>/ray/<run_name>`` (or ``storage_path``): Ray Train keeps a snapshot
+of its checkpoints there, so a second ``ptr-ray train`` on the same output folder resumes (step,
 optimizer, data position) and a crashed worker group restarts from the last checkpoint
 (``max_failures``). A second run resumes only the *same* run: one whose config differs in a
 key that changes the math, or whose dataset content differs, is refused or moved aside
@@ -17,7 +18,9 @@ Output folder::
     encode_stats.json   episodes, tokens, truncated/skipped/dropped thoughts, steps
     metrics.jsonl       one line per optimizer step (loss terms, lr, tokens/s, step time);
                         after a resume, still one per step (the replayed steps' lines replaced)
-    ray/train/checkpoint_stepNNNNNNN/   DeepSpeed checkpoints (ZeRO shards of every rank)
+    events.out.tfevents.*  the same per-step values for TensorBoard (tracking.backends:
+                        [tensorboard]); also MLflow / W&B and Ray metrics (ptr_ray/tracking.py)
+    ray/<run_name>/checkpoint_stepNNNNNNN/   DeepSpeed checkpoints (ZeRO shards of every rank)
     model/              bf16 safetensors + tokenizer + chat template + generation config
 """
 
@@ -35,8 +38,6 @@ from ptr_ray.errors import PtrRayError
 from ptr_ray.train.resume import dataset_digest, prepare_output
 
 log = logging.getLogger(__name__)
-
-RUN_NAME = "train"
 
 
 class TrainingFailed(PtrRayError, RuntimeError):
@@ -68,8 +69,10 @@ def check_inputs(cfg: TrainConfig) -> tuple[str, list, dict[str, Any]]:
 
     from ptr_ray.models import resolve_model
     from ptr_ray.records import read_records
+    from ptr_ray.tracking import check_tracking
     from ptr_ray.train.encode import check_dataset
 
+    check_tracking(cfg.tracking)  # a named backend that is not installed: one line, now
     records = read_records(cfg.dataset)  # DatasetError names file and problem
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -107,7 +110,7 @@ def run_train(cfg: TrainConfig) -> Path:
     storage = cfg.storage_path or str(out / "ray")
     # Resume only the same run: refuse (or move aside) a folder whose run had another config
     # or dataset; then train_config.yaml and train_dataset.json describe this run.
-    prepare_output(cfg, out, dataset_digest(records), storage, RUN_NAME)
+    prepare_output(cfg, out, dataset_digest(records), storage, cfg.run_name)
     log.info(
         "dataset %s: %d records (%d usable in mode %s); shortest answer %d tokens",
         cfg.dataset,
@@ -121,8 +124,15 @@ def run_train(cfg: TrainConfig) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ptr_ray.tracking import resolve_tracking
     from ptr_ray.train.export import export_model
     from ptr_ray.train.worker import STATE_FILE, train_loop_per_worker
+
+    # The workers log where the driver's user would: $MLFLOW_TRACKING_URI, $WANDB_MODE and
+    # relative folders are resolved here, not on a worker node.
+    tracking = resolve_tracking(cfg.tracking, out)
+    if "tensorboard" in tracking.backends:
+        log.info("TensorBoard: tensorboard --logdir %s", tracking.tensorboard_dir)
 
     os.environ.update({k: v for k, v in _worker_env(cfg).items() if k not in os.environ})
     started = _ensure_ray(cfg)
@@ -134,7 +144,10 @@ def run_train(cfg: TrainConfig) -> Path:
         resources.update(sc.resources)  # custom resources: only nodes advertising them
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "records": ray.put(records)},
+            train_loop_config={
+                "cfg": cfg.model_copy(update={"tracking": tracking}).model_dump(mode="json"),
+                "records": ray.put(records),
+            },
             torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=sc.num_workers,
@@ -143,7 +156,7 @@ def run_train(cfg: TrainConfig) -> Path:
                 placement_strategy=sc.placement_strategy,
             ),
             run_config=RunConfig(
-                name=RUN_NAME,
+                name=cfg.run_name,  # the dashboard's Train view, and the storage folder
                 storage_path=storage,
                 worker_runtime_env={"env_vars": _worker_env(cfg)},
                 failure_config=FailureConfig(max_failures=cfg.max_failures),

@@ -9,6 +9,11 @@ or a second run on the same output folder; ``metrics.jsonl`` then loses the line
 steps that run again), and trains, reporting metrics every
 ``log_every`` steps and a DeepSpeed checkpoint every ``checkpoint_every`` steps, and writing
 ``models/step-<N>/`` at each of ``export_steps`` (see :func:`export_step`).
+
+Rank 0 alone logs each step's metrics, through one tracker (ptr_ray/tracking.py):
+``metrics.jsonl``, the configured TensorBoard / MLflow / W&B backends and the Ray metrics
+gauges of :data:`TRAIN_GAUGES`. The values are the ones the step already all-reduced, so
+tracking adds no collective and no device sync.
 """
 
 from __future__ import annotations
@@ -33,6 +38,23 @@ log = logging.getLogger(__name__)
 
 CKPT_TAG = "ds"  # DeepSpeed tag inside every Ray checkpoint folder
 STATE_FILE = "train_state.json"
+
+#: metrics.jsonl keys that rank 0 also exports as Ray metrics gauges: on Ray's Prometheus
+#: endpoint as ``ray_ptr_train_<key>{run="<run_name>"}`` (tracking.ray_metrics). ASCII only:
+#: Ray encodes metric descriptions as ASCII.
+TRAIN_GAUGES: dict[str, str] = {
+    "step": "optimizer steps done",
+    "loss": "PTR loss: the lambda-weighted sum of the three terms",
+    "loss_ce": "answer cross-entropy term",
+    "loss_consistency": "consistency term: mean 1 - cos of successive turns' hidden states",
+    "loss_confidence": "confidence term: beta-weighted 1 - mean token probability",
+    "lambda1": "lambda1, the answer CE weight, at this step",
+    "lambda2": "lambda2, the consistency weight, at this step",
+    "lambda3": "lambda3, the confidence weight, at this step",
+    "lr": "learning rate",
+    "tokens_per_s": "tokens per second, all workers",
+    "step_time_s": "seconds per optimizer step",
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,12 +248,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("resumed from %s at step %d", ckpt.path, start_step)
     metrics_path = out_dir / METRICS_FILE
+    tracker = None
     if rank == 0:
         # The steps after the restored checkpoint (all of them on a fresh start) run again:
         # their earlier lines go, so metrics.jsonl holds each step once.
         dropped = trim_metrics(metrics_path, start_step)
         if dropped:
             log.info("%s: dropped %d lines past step %d", metrics_path, dropped, start_step)
+        from ptr_ray.tracking import open_tracker
+
+        tracker = open_tracker(
+            cfg.tracking,
+            out_dir,
+            run_name=cfg.run_name,
+            prefix="train",
+            jsonl=metrics_path,
+            replay_from=start_step + 1,  # TensorBoard drops its events of the replayed steps
+            params={**cfg.model_dump(mode="json"), "world_size": world, "total_steps": total_steps},
+            ray_gauges=TRAIN_GAUGES if cfg.tracking.ray_metrics else None,
+        )
 
     bar = None
     if rank == 0 and cfg.progress:
@@ -247,84 +282,88 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = start_step
     acc = torch.zeros(6, dtype=torch.float64)
     t_step = time.time()
-    for i in range(start_step * gas, total_steps * gas):
-        epoch, groups = micro_batches[i]
-        lam = (
-            (1.0, 0.0, 0.0)
-            if ce_only
-            else lambdas_at(cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, step)
-        )
-        batch = collate(plans[epoch].episodes, groups, pad_id)
-        ids = batch["input_ids"].to(device)
-        out = engine(
-            input_ids=ids,
-            position_ids=batch["position_ids"].to(device),
-            output_hidden_states=need_hidden,
-            use_cache=False,  # a cache disables packing masks
-        )
-        terms = ptr_loss(
-            out.logits,
-            out.hidden_states[-1] if need_hidden else None,
-            ids,
-            batch["labels"].to(device),
-            batch["turns"],
-            lam,
-            ce_only=ce_only,
-            confidence=cfg.loss.confidence,
-        )
-        engine.backward(terms.total)
-        engine.step()
-        f = terms.floats()
-        acc += torch.tensor(
-            [
-                f["loss"],
-                f["loss_ce"],
-                f["loss_consistency"],
-                f["loss_confidence"],
-                batch["n_tokens"],
-                terms.answer_tokens,
-            ],
-            dtype=torch.float64,
-        )
-        if (i + 1) % gas:
-            continue
-        step += 1
-        dt = time.time() - t_step
-        red = torch.tensor(all_reduce(acc.tolist(), "sum"), dtype=torch.float64)
-        n = gas * world
-        metrics = {
-            "step": step,
-            "epoch": epoch,
-            "loss": red[0].item() / n,
-            "loss_ce": red[1].item() / n,
-            "loss_consistency": red[2].item() / n,
-            "loss_confidence": red[3].item() / n,
-            "lambda1": lam[0],
-            "lambda2": lam[1],
-            "lambda3": lam[2],
-            "lr": float(engine.get_lr()[0]),
-            "tokens": int(red[4]),
-            "answer_tokens": int(red[5]),
-            "tokens_per_s": red[4].item() / dt,
-            "step_time_s": dt,
-            "total_steps": total_steps,
-        }
-        acc.zero_()
-        if rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps({**metrics, "time": time.time()}) + "\n")
-            if bar is not None:
-                bar.set_description(f"train {cfg.mode} loss {metrics['loss']:.3f}")
-                bar.update(1)
-        if step in cfg.export_steps:
-            export_step(engine, cfg, model_path, step, rank)
-        if step % cfg.checkpoint_every == 0 or step == total_steps:
-            _save_and_report(engine, metrics, step, total_steps, rank)
-        elif step % cfg.log_every == 0:
-            ray.train.report(metrics)
-        t_step = time.time()
-    if bar is not None:
-        bar.close()
+    try:
+        for i in range(start_step * gas, total_steps * gas):
+            epoch, groups = micro_batches[i]
+            lam = (
+                (1.0, 0.0, 0.0)
+                if ce_only
+                else lambdas_at(cfg.loss.lambdas, cfg.loss.schedule, cfg.loss.warmup_steps, step)
+            )
+            batch = collate(plans[epoch].episodes, groups, pad_id)
+            ids = batch["input_ids"].to(device)
+            out = engine(
+                input_ids=ids,
+                position_ids=batch["position_ids"].to(device),
+                output_hidden_states=need_hidden,
+                use_cache=False,  # a cache disables packing masks
+            )
+            terms = ptr_loss(
+                out.logits,
+                out.hidden_states[-1] if need_hidden else None,
+                ids,
+                batch["labels"].to(device),
+                batch["turns"],
+                lam,
+                ce_only=ce_only,
+                confidence=cfg.loss.confidence,
+            )
+            engine.backward(terms.total)
+            engine.step()
+            f = terms.floats()
+            acc += torch.tensor(
+                [
+                    f["loss"],
+                    f["loss_ce"],
+                    f["loss_consistency"],
+                    f["loss_confidence"],
+                    batch["n_tokens"],
+                    terms.answer_tokens,
+                ],
+                dtype=torch.float64,
+            )
+            if (i + 1) % gas:
+                continue
+            step += 1
+            dt = time.time() - t_step
+            red = torch.tensor(all_reduce(acc.tolist(), "sum"), dtype=torch.float64)
+            n = gas * world
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": red[0].item() / n,
+                "loss_ce": red[1].item() / n,
+                "loss_consistency": red[2].item() / n,
+                "loss_confidence": red[3].item() / n,
+                "lambda1": lam[0],
+                "lambda2": lam[1],
+                "lambda3": lam[2],
+                "lr": float(engine.get_lr()[0]),
+                "tokens": int(red[4]),
+                "answer_tokens": int(red[5]),
+                "tokens_per_s": red[4].item() / dt,
+                "step_time_s": dt,
+                "total_steps": total_steps,
+            }
+            acc.zero_()
+            if tracker is not None:  # rank 0: metrics.jsonl, TensorBoard, ..., Ray gauges
+                tracker.log_scalars(metrics, step)
+            if rank == 0:
+                if bar is not None:
+                    bar.set_description(f"train {cfg.mode} loss {metrics['loss']:.3f}")
+                    bar.update(1)
+            if step in cfg.export_steps:
+                export_step(engine, cfg, model_path, step, rank)
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                _save_and_report(engine, metrics, step, total_steps, rank)
+            elif step % cfg.log_every == 0:
+                ray.train.report(metrics)
+            t_step = time.time()
+    finally:
+        if bar is not None:
+            bar.close()
+        if tracker is not None:
+            tracker.close()  # flushes TensorBoard, ends the MLflow / W&B run
 
 
 def step_model_dir(output_dir: str | Path, step: int) -> Path:
