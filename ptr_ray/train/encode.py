@@ -11,14 +11,14 @@ evaluation use, so the model is trained on exactly the token prefixes it will se
   (seed, epoch, record) so a resumed run sees the same data.
 * **Truncation**: an episode longer than ``max_length`` loses its oldest thoughts, never the
   answer; one that still does not fit is skipped. Both are counted.
-* **Packing**: episodes are packed best-fit-decreasing into sequences of at most
-  ``max_length`` tokens; position ids restart at 0 for every episode, which transformers turns
-  into a block-diagonal causal mask (no attention across episode boundaries).
+* **Packing**: episodes are packed into sequences of at most ``max_length`` tokens
+  (:mod:`ptr_ray.train.packing`, data plan version :data:`PLAN_VERSION`); position ids restart
+  at 0 for every episode, which transformers turns into a block-diagonal causal mask (no
+  attention across episode boundaries).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 from collections.abc import Sequence
@@ -28,8 +28,27 @@ from typing import Any
 from ptr_ray import prompts
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.records import Record
+from ptr_ray.train.packing import PLAN_VERSION, pack, plan_efficiency, plan_groups
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "IGNORE",
+    "PLAN_VERSION",
+    "EncodeError",
+    "EncodeStats",
+    "Encoder",
+    "Episode",
+    "Plan",
+    "check_dataset",
+    "collate",
+    "drop_thoughts",
+    "episode_turns",
+    "pack",
+    "pad_plan",
+    "plan_efficiency",
+    "plan_epoch",
+]
 
 IGNORE = -100
 
@@ -209,29 +228,6 @@ def check_dataset(tokenizer: Any, records: Sequence[Record], cfg: Any) -> dict[s
 # ------------------------------------------------------------------------------------------
 
 
-def pack(lengths: Sequence[int], max_length: int) -> list[list[int]]:
-    """Best-fit-decreasing bin packing: groups of indices whose lengths sum to <= max_length.
-
-    O(n log n) with a sorted list of remaining capacities; typically >97 % full bins.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (remaining capacity, bin id), sorted
-    for i in order:
-        n = lengths[i]
-        if n > max_length:
-            raise EncodeError(f"episode of {n} tokens exceeds max_length={max_length}")
-        j = bisect.bisect_left(free, (n, -1))
-        if j < len(free):
-            cap, b = free.pop(j)
-            bins[b].append(i)
-            bisect.insort(free, (cap - n, b))
-        else:
-            bins.append([i])
-            bisect.insort(free, (max_length - n, len(bins) - 1))
-    return bins
-
-
 @dataclass
 class Plan:
     """One worker's micro-batches for one epoch: lists of packed sequences (episode groups)."""
@@ -248,15 +244,16 @@ def plan_epoch(
     packing: bool,
     seed: int,
     epoch: int,
+    version: int = PLAN_VERSION,
 ) -> Plan:
-    """Pack (or not) and group into micro-batches, in a seeded random order."""
+    """Pack (or not) and group into micro-batches, in a seeded random order.
+
+    ``version`` is the data plan version (:data:`ptr_ray.train.packing.PLAN_VERSIONS`); a run
+    records it, and a resume under another version is refused (``train/resume.py``).
+    """
     rng = random.Random(f"pack:{seed}:{epoch}")
-    if packing:
-        seqs = pack([len(e) for e in episodes], max_length)
-    else:
-        seqs = [[i] for i in range(len(episodes))]
-    rng.shuffle(seqs)
-    mbs = [seqs[i : i + micro_batch_size] for i in range(0, len(seqs), micro_batch_size)]
+    lengths = [len(e) for e in episodes]
+    mbs = plan_groups(lengths, max_length, micro_batch_size, packing, rng, version)
     return Plan(episodes, mbs)
 
 
@@ -315,30 +312,4 @@ def collate(
         "turns": torch.tensor(turns, dtype=torch.long).reshape(-1, 6),
         "n_tokens": n_tok,
         "n_episodes": n_ep,
-    }
-
-
-def padding_efficiency(
-    lengths: Sequence[int], max_length: int, micro_batch_size: int, seed: int = 0
-) -> dict[str, float]:
-    """Non-pad / all tokens with packing vs. padding each micro-batch to its longest episode."""
-    rng = random.Random(seed)
-    total = sum(lengths)
-    bins = pack(lengths, max_length)
-    rng.shuffle(bins)
-    packed_all = 0
-    for i in range(0, len(bins), micro_batch_size):
-        grp = bins[i : i + micro_batch_size]
-        packed_all += len(grp) * max(sum(lengths[j] for j in g) for g in grp)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    padded_all = 0
-    for i in range(0, len(order), micro_batch_size):
-        chunk = order[i : i + micro_batch_size]
-        padded_all += len(chunk) * max(lengths[j] for j in chunk)
-    return {
-        "packed": total / packed_all,
-        "padded_to_longest": total / padded_all,
-        "packed_sequences": len(bins),
-        "episodes": len(lengths),
     }

@@ -42,6 +42,7 @@ from ptr_ray.config import TrainConfig, dump_config
 from ptr_ray.config.base import one_line_error
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.fsutil import atomic_write, write_json_atomic
+from ptr_ray.train.packing import PLAN_VERSION, PLAN_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,15 @@ def _saved_digest(out: Path) -> str | None:
         return None
 
 
+def _saved_plan(out: Path) -> int | None:
+    """The data plan version the run in ``out`` was trained on (None: no readable file; a file
+    from before versions were recorded holds version 1)."""
+    try:
+        return int(json.loads((out / DATASET_FILE).read_text()).get("data_plan", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def run_changes(cfg: TrainConfig, out: Path, digest: str, run_dir: Path | None) -> list[Change]:
     """What differs between the run in ``out`` and ``cfg`` + ``digest`` (empty: none, or no
     run there). ``run_dir`` is Ray Train's folder of this run's checkpoints, when local."""
@@ -184,6 +194,11 @@ def run_changes(cfg: TrainConfig, out: Path, digest: str, run_dir: Path | None) 
                 f"sha256:{was[:12]}" if was else "unknown",
                 f"sha256:{digest[:12]}",
             )
+        )
+    plan = _saved_plan(out)
+    if plan is not None and plan != PLAN_VERSION:  # packing changed: other steps, other data
+        changes.append(
+            Change("data plan", f"v{plan}", f"v{PLAN_VERSION}", PLAN_VERSIONS[PLAN_VERSION])
         )
     return changes
 
@@ -241,7 +256,9 @@ def prepare_output(cfg: TrainConfig, out: Path, digest: str, storage: str, run_n
     elif (out / CONFIG_FILE).is_file():
         log.info("resuming the run in %s (same config and dataset)", out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / DATASET_FILE, {"path": cfg.dataset, "sha256": digest})
+    write_json_atomic(
+        out / DATASET_FILE, {"path": cfg.dataset, "sha256": digest, "data_plan": PLAN_VERSION}
+    )
     dump_config(cfg, out / CONFIG_FILE)  # written last: it marks the folder as holding a run
 
 

@@ -20,7 +20,7 @@ from ptr_ray.train.encode import (
     drop_thoughts,
     pack,
     pad_plan,
-    padding_efficiency,
+    plan_efficiency,
     plan_epoch,
 )
 
@@ -119,11 +119,13 @@ def test_pack_respects_capacity_and_uses_every_episode():
     bins = pack(lengths, 1024)
     assert sorted(i for b in bins for i in b) == list(range(500))
     assert all(sum(lengths[i] for i in b) <= 1024 for b in bins)
-    assert sum(lengths) / (1024 * len(bins)) > 0.95
+    assert sum(lengths) / (1024 * len(bins)) > 0.97
     with pytest.raises(ValueError):
         pack([2000], 1024)
-    eff = padding_efficiency(lengths, 1024, 4)
-    assert eff["packed"] > 0.95 and eff["packed"] > eff["padded_to_longest"]
+    packed = [[bins[k] for k in range(i, min(i + 4, len(bins)))] for i in range(0, len(bins), 4)]
+    singles = [[[i] for i in range(j, min(j + 4, 500))] for j in range(0, 500, 4)]
+    eff, padded = (plan_efficiency(lengths, mbs, 1024) for mbs in (packed, singles))
+    assert eff["fill"] > 0.97 and eff["slots"] >= eff["fill"] > padded["slots"]
 
 
 def test_collate_positions_turn_table_and_padding(tiny_tokenizer, records):

@@ -17,6 +17,7 @@ import yaml
 from ptr_ray.config import ConfigError, TrainConfig, load_config
 from ptr_ray.errors import PtrRayError
 from ptr_ray.records import Record
+from ptr_ray.train.packing import PLAN_VERSION
 from ptr_ray.train.resume import (
     CONFIG_FILE,
     DATASET_FILE,
@@ -139,6 +140,7 @@ def test_first_run_records_config_and_dataset(tmp_path):
     assert json.loads((out / DATASET_FILE).read_text()) == {
         "path": str(FIXTURE),
         "sha256": DIGEST,
+        "data_plan": PLAN_VERSION,  # the packing the steps refer to (ptr_ray/train/packing.py)
     }
 
 
