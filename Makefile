@@ -24,7 +24,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast lint models bench lock clean-venv gpu-repro browser-deps test-browser
+.PHONY: setup run test test-fast test-cluster lint models bench lock clean-venv gpu-repro browser-deps test-browser
 
 setup: $(STAMP)
 
@@ -63,8 +63,15 @@ gpu-repro:
 	$(VENV)/bin/ptr-ray experiment --config jobs/configs/experiment_h100.yaml $(ARGS)
 
 # Lint and the type check first (prerequisites run in order): seconds, the suite minutes.
+# tests/cluster/sim runs in `make test-cluster`, its own pytest process (it needs one where
+# Ray is not initialized yet).
 test: setup lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/cluster/sim $(PYTEST_ARGS)
+
+# Multi-node code on a simulated cluster (several raylets on this machine, custom resources
+# for cluster.yaml's node types): build, Train, Serve and `ray job submit`, with node loss.
+test-cluster: setup
+	$(PY) -m pytest -q tests/cluster/sim $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
