@@ -228,6 +228,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model_parameters=params,
         dist_init_required=False,
     )
+    if world == 1 and engine.zero_optimization_stage() == 0:
+        # No peer to reduce with, but DeepSpeed would still flatten every gradient into one
+        # buffer, all-reduce it and copy it back after each backward, the largest part of its
+        # overhead over a bare torch loop on CPU (benchmarks/train_throughput.py).
+        engine.enable_backward_allreduce = False
 
     start_step = 0
     ckpt = ray.train.get_checkpoint()
