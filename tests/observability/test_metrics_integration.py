@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 PROMPTS = 4
 MAX_TOKENS = 8
@@ -114,14 +114,16 @@ def test_engine_and_build_metrics_reach_rays_prometheus_endpoint(ray_local, tiny
         )
     )
 
+    # Both engines start at once (vLLM's import and start-up dominate; a loaded 2-core machine
+    # takes minutes).
     t0 = time.time()
     offline = OfflineEngine.remote(cfg, "obs-weak")
-    exported, weak_tokens = ray.get(offline.generate.remote(PROMPTS), timeout=300)
-    t1 = time.time()
     replica = AsyncEngine.remote()
-    assert ray.get(replica.start.remote(cfg, "obs-serve"), timeout=300) is True
+    started = replica.start.remote(cfg, "obs-serve")
+    exported, weak_tokens = ray.get(offline.generate.remote(PROMPTS), timeout=600)
+    assert ray.get(started, timeout=600) is True
     serve_tokens = ray.get(replica.generate.remote(PROMPTS), timeout=300)
-    print(f"engines ready and done: offline {t1 - t0:.1f}s, async {time.time() - t1:.1f}s")
+    print(f"engines started and done in {time.time() - t0:.1f}s")
     assert exported is True and weak_tokens > 0 and serve_tokens > 0
 
     wanted = {
