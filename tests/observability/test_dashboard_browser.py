@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,8 +274,13 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", **_headers()},
     )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.load(r)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:  # say what the dashboard answered, not just the code
+        raise AssertionError(
+            f"POST {url}: HTTP {e.code}: {e.read().decode(errors='replace')}"
+        ) from e
 
 
 def submit_build(dashboard: str, model: Path, work: Path) -> dict[str, Any]:
