@@ -64,7 +64,10 @@ class ExperimentError(PtrRayValueError):
 
 
 def _stage(n: int, total: int, name: str) -> None:
+    from ptr_ray.ray_utils import log_dashboard
+
     log.info("=" * 20 + f" [{n}/{total}] {name} " + "=" * 20)
+    log_dashboard()  # the URL again at every stage: a long run's top lines scroll away
 
 
 # ----------------------------------------------------------------------------- dataset
