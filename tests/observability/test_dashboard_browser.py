@@ -174,8 +174,22 @@ class Browser:
         )
         status = res.get("result", {}).get("value")
         assert status == 200, f"the dashboard refused Ray's token: HTTP {status}"
+        # The page was loaded before the cookie existed and keeps its "token required" dialog
+        # over every later view (hash navigation does not reload it): start it again.
+        self.call("Page.reload", ignoreCache=True)
 
     def screenshot(self, path: Path) -> None:
+        # Ray 2.60's "token required" dialog can stay over a view although the session cookie
+        # works (the view's data behind it loaded); Escape closes it, as a person would.
+        for kind in ("keyDown", "keyUp"):
+            self.call(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key="Escape",
+                code="Escape",
+                windowsVirtualKeyCode=27,
+            )
+        time.sleep(0.5)
         shot = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
 
@@ -268,19 +282,26 @@ def _get(url: str) -> Any:
         return json.load(r)
 
 
-def _post(url: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **_headers()},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:  # say what the dashboard answered, not just the code
-        raise AssertionError(
-            f"POST {url}: HTTP {e.code}: {e.read().decode(errors='replace')}"
-        ) from e
+def _post(url: str, body: dict[str, Any], attempts: int = 3) -> Any:
+    """POST as ``ray job submit`` does. A 5xx is retried (twice, 15 s apart): once, on a
+    loaded machine, the job API answered 500 while the node's job agent was still starting.
+    The last answer's body is the error."""
+    for attempt in range(1, attempts + 1):
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **_headers()},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:  # say what the dashboard answered, not the code
+            text = e.read().decode(errors="replace")
+            if e.code < 500 or attempt == attempts:
+                raise AssertionError(f"POST {url}: HTTP {e.code}: {text}") from e
+            print(f"POST {url}: HTTP {e.code} ({text[:300]}); retrying in 15 s")
+            time.sleep(15)
+    raise AssertionError("unreachable")
 
 
 def submit_build(dashboard: str, model: Path, work: Path) -> dict[str, Any]:
@@ -373,9 +394,10 @@ def served(tiny_model_dir, tmp_path) -> Iterator[tuple[ServeProcess, str]]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet seen passing: on 2026-12-02 17:08 ptr-ray serve started with the dashboard "
-    "and printed its URL, but POST /api/jobs/ (the build job) answered HTTP 500; see the "
-    "dashboard helper's report",
+    reason="flaky, not yet trusted: on 2026-12-02 it passed twice (17:13, 17:16; every view "
+    "listed the names, but Ray's token dialog stayed over the screenshots) and failed twice "
+    "(17:08: POST /api/jobs/ answered HTTP 500; 17:19, beside a CI run: the build job's log "
+    "lacked the 'Ray dashboard (cluster)' line)",
 )
 def test_dashboard_shows_ptr_rays_work_in_a_browser(chromium, served, tiny_model_dir, tmp_path):
     from ptr_ray.datagen.dataflow import model_label
