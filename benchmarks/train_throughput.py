@@ -28,12 +28,12 @@ import argparse
 import gc
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,39 @@ def _loss(cfg: Any, out: Any, b: dict, lam: Any) -> Any:
     )
 
 
+def _timed_step(
+    parts: Parts,
+    cfg: Any,
+    plans: Any,
+    batch: Any,
+    pad: int,
+    step: int,
+    forward: Callable[..., Any],
+    backward: Callable[[Any], Any],
+    optimize: Callable[[], Any],
+) -> None:
+    """One optimizer step, timed part by part: the same body for every loop compared, so only
+    the model call, the backward and the optimizer step differ between them."""
+    parts.t = time.perf_counter()
+    b, lam = _step_inputs(cfg, plans, batch, pad, step)
+    parts.lap("collate")
+    out = forward(
+        input_ids=b["input_ids"],
+        position_ids=b["position_ids"],
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    parts.lap("forward")
+    terms = _loss(cfg, out, b, lam)
+    parts.lap("loss")
+    backward(terms.total)
+    parts.lap("backward")
+    optimize()
+    parts.lap("optimizer")
+    terms.floats()
+    parts.end_step(b["n_tokens"])
+
+
 def bare_loop(cfg: Any, steps: int, threads: int) -> Parts:
     """A single-process torch loop over rank 0's plan (gradient accumulation 1)."""
     import torch
@@ -159,28 +192,15 @@ def bare_loop(cfg: Any, steps: int, threads: int) -> Parts:
     opt, sched = _optimizer(cfg, model, steps)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     parts = Parts()
-    for i in range(min(steps, len(batches))):
-        parts.t = time.perf_counter()
-        b, lam = _step_inputs(cfg, plans, batches[i], pad, i)
-        parts.lap("collate")
-        out = model(
-            input_ids=b["input_ids"],
-            position_ids=b["position_ids"],
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        parts.lap("forward")
-        terms = _loss(cfg, out, b, lam)
-        parts.lap("loss")
-        terms.total.backward()
-        parts.lap("backward")
+
+    def optimize() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.deepspeed.gradient_clipping)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        parts.lap("optimizer")
-        terms.floats()
-        parts.end_step(b["n_tokens"])
+
+    for i in range(min(steps, len(batches))):
+        _timed_step(parts, cfg, plans, batches[i], pad, i, model, lambda t: t.backward(), optimize)
     return parts
 
 
@@ -189,12 +209,11 @@ def deepspeed_loop(cfg: Any, steps: int, threads: int, skip_reduce: bool) -> Par
     import deepspeed
     import torch.distributed as dist
 
+    from ptr_ray.testing import free_port
     from ptr_ray.train.ds_config import deepspeed_config
 
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         # what a launcher (or Ray Train) sets; DeepSpeed checks LOCAL_RANK
         os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"})
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
@@ -225,24 +244,7 @@ def deepspeed_loop(cfg: Any, steps: int, threads: int, skip_reduce: bool) -> Par
 
     engine.allreduce_gradients = timed_reduce
     for i in range(min(steps, len(batches))):
-        parts.t = time.perf_counter()
-        b, lam = _step_inputs(cfg, plans, batches[i], pad, i)
-        parts.lap("collate")
-        out = engine(
-            input_ids=b["input_ids"],
-            position_ids=b["position_ids"],
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        parts.lap("forward")
-        terms = _loss(cfg, out, b, lam)
-        parts.lap("loss")
-        engine.backward(terms.total)
-        parts.lap("backward")
-        engine.step()
-        parts.lap("optimizer")
-        terms.floats()
-        parts.end_step(b["n_tokens"])
+        _timed_step(parts, cfg, plans, batches[i], pad, i, engine, engine.backward, engine.step)
     return parts
 
 

@@ -196,3 +196,9 @@ class TrainConfig(StrictModel):
         if any(n < 1 for n in v):
             raise ValueError(f"export_steps must be optimizer steps >= 1, got {v}")
         return sorted(set(v))
+
+    def inert_keys(self) -> tuple[str, ...]:
+        """Top-level keys that cannot change this run's model. IFT is plain answer
+        cross-entropy, so the PTR loss section is inert there: a finished IFT run is reused
+        when only the loss changed (a one-factor ablation of the loss retrains PTR only)."""
+        return ("loss",) if self.mode == "ift" else ()

@@ -200,11 +200,8 @@ def train_models(cfg: ExperimentConfig, root: Path, split_changed: bool) -> dict
             log.warning("the training split changed; moving the old %s run to %s", mode, stale)
             out.rename(stale)
         model_dir = out / "model"
-        # IFT is plain answer cross-entropy: the PTR loss section cannot change it, so a
-        # one-factor ablation of the loss (e.g. loss.confidence) retrains PTR only.
-        ignore = ("loss",) if mode == "ift" else ()
         if (model_dir / "config.json").is_file() and same_config(
-            out / "train_config.yaml", tcfg, ignore
+            out / "train_config.yaml", tcfg, tcfg.inert_keys()
         ):
             log.info("%s model %s exists for this config; reusing it", mode, model_dir)
         else:
