@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 
 from ptr_ray.config import ConfigError, TrackingConfig
 from ptr_ray.errors import PtrRayRuntimeError
+from ptr_ray.held_gauges import HeldGauge
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,8 @@ class RayMetricsBackend:
             text = description.encode("ascii", "replace").decode()
             g = Gauge(f"{prefix}_{key}", text, tag_keys=("run",))
             g.set_default_tags({"run": run})
-            self._gauges[key] = g
+            # held: a slow step must not make the series age out between two logs
+            self._gauges[key] = HeldGauge(g)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -276,7 +278,8 @@ class RayMetricsBackend:
                 g.set(float(v))
 
     def close(self) -> None:
-        pass
+        for g in self._gauges.values():
+            g.release()
 
 
 # -------------------------------------------------------------------------------- tracker

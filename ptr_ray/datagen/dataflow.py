@@ -301,6 +301,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                 except Exception:  # stats text is a nicety; never fail a finished run on it
                     log.debug("no Ray Data stats", exc_info=True)
             finally:
+                metrics.close()
                 if started:
                     ray.shutdown()
         stats["status"] = "finished"

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptr_ray.held_gauges import HeldGauge
+
 log = logging.getLogger(__name__)
 
 # name -> (kind, description, tag keys). The single list of build metrics: BuildMetrics makes
@@ -118,8 +120,10 @@ MetricFactory = Callable[[str, str, str, tuple[str, ...]], Any]  # (kind, name, 
 def ray_metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...]) -> Any:
     from ray.util import metrics as m
 
-    cls = m.Counter if kind == "counter" else m.Gauge
-    return cls(name, description=description, tag_keys=tag_keys)
+    if kind == "counter":
+        return m.Counter(name, description=description, tag_keys=tag_keys)
+    # held: "300 rows pending" for a minute must not age out of the endpoint after 20 s
+    return HeldGauge(m.Gauge(name, description=description, tag_keys=tag_keys))
 
 
 class BuildMetrics:
@@ -176,6 +180,13 @@ class BuildMetrics:
                 self.exported[(name, tags)] = value
         except Exception:  # pragma: no cover - metrics must never stop a build
             log.warning("build metrics report failed", exc_info=True)
+
+    def close(self) -> None:
+        """The build ended: its gauges stop being held (a driver that goes on to train must
+        not report this build's last ``rows_pending`` for the rest of its life)."""
+        for metric in self._metrics.values():
+            if hasattr(metric, "release"):
+                metric.release()
 
 
 def progress_of(

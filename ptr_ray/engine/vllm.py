@@ -28,6 +28,7 @@ from ptr_ray.engine.vllm_metrics import (
     check_role,
     install_offline,
     ray_metrics_ready,
+    release_gauges,
     role_stat_logger,
 )
 from ptr_ray.models import resolve_model
@@ -171,6 +172,7 @@ class VLLMEngine:
         except Exception:  # pragma: no cover - best effort on teardown
             log.debug("engine shutdown raised", exc_info=True)
         self.llm = None
+        release_gauges(self.role)
         gc.collect()
 
 
@@ -281,4 +283,5 @@ class AsyncVLLMEngine:
         except Exception:  # pragma: no cover - best effort on teardown
             log.debug("async engine shutdown raised", exc_info=True)
         self.llm = None
+        release_gauges(self.role)
         gc.collect()

@@ -20,6 +20,8 @@ import logging
 import re
 from typing import Any
 
+from ptr_ray.held_gauges import HeldGauge, release_owner
+
 log = logging.getLogger(__name__)
 
 ROLES = ("weak", "strong", "judge", "serve", "engine")
@@ -63,6 +65,16 @@ def role_tag_keys(labelnames: list[str] | None) -> tuple[str, ...]:
     return (*(labelnames or ()), REPLICA_TAG, ROLE_TAG)
 
 
+def gauge_owner(role: str) -> str:
+    return f"vllm:{role}"
+
+
+def release_gauges(role: str) -> int:
+    """Stop holding the gauges of this process's engines of ``role`` (one closed); they age
+    out of the endpoint as a dead engine's should."""
+    return release_owner(gauge_owner(role))
+
+
 def role_stat_logger(role: str) -> type:
     """A vLLM stat-logger class (a ``StatLoggerFactory``) that records to Ray metrics with
     ``role=<role>`` on every series. Pass it in ``stat_loggers`` (``AsyncLLM``) or install it
@@ -92,7 +104,12 @@ def role_stat_logger(role: str) -> type:
             return {**tags, REPLICA_TAG: replica, ROLE_TAG: role}
 
     class Gauge(_RoleTagged, rw.RayGaugeWrapper):
-        pass
+        """Held (:mod:`ptr_ray.held_gauges`): an idle engine's ``num_requests_running 0``
+        stays on the endpoint instead of ageing out 20 s after vLLM last set it."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.metric = HeldGauge(self.metric, owner=gauge_owner(role))
 
     class Counter(_RoleTagged, rw.RayCounterWrapper):
         pass

@@ -6,7 +6,8 @@ each; the driver reports a build snapshot. The roles are this test's own (``obs-
 ``obs-serve``), so other tests' engines in the same Ray session cannot add to the counts. Then the node's
 metrics endpoint is scraped until vLLM's gauges and counters appear with ptr-ray's labels and
 the generated-token counters equal what the engines returned (Ray's metrics agent exports every
-few seconds, so it is polled).
+few seconds, so it is polled); the gauges are scraped again 45 s after they were last set, past
+the 20 s after which Ray drops a gauge that nobody sets again.
 """
 
 from __future__ import annotations
@@ -126,10 +127,8 @@ def test_engine_and_build_metrics_reach_rays_prometheus_endpoint(ray_local, tiny
     print(f"engines started and done in {time.time() - t0:.1f}s")
     assert exported is True and weak_tokens > 0 and serve_tokens > 0
 
-    # Counters and histograms only: in the run of 2 Dec 2026 (Ray 2.60, OpenTelemetry export)
-    # no gauge of a worker or driver (vLLM's num_requests_running/waiting, kv_cache_usage_perc,
-    # ptr_build_rows_pending) appeared on the endpoint at all, while every counter and
-    # histogram below did, with exact values. Open item (README, Metrics).
+    # Gauges too: Ray drops a gauge ~20 s after its last set; ptr-ray holds them
+    # (ptr_ray.held_gauges), which the second scrape below checks.
     weak = {"role": "obs-weak", "model_name": model}
     serve = {"role": "obs-serve", "model_name": model}
     bsel = {"build": "obs-test-build"}
@@ -149,9 +148,33 @@ def test_engine_and_build_metrics_reach_rays_prometheus_endpoint(ray_local, tiny
             {**bsel, "role": "weak", "kind": "generated"},
             7,
         ),
+        "build pending (gauge)": ("ray_ptr_build_rows_pending", bsel, 3),
+        "weak running (gauge)": ("ray_vllm_num_requests_running", weak, 0),
+        "weak kv usage (gauge)": ("ray_vllm_kv_cache_usage_perc", weak, None),
+        "serve running (gauge)": ("ray_vllm_num_requests_running", serve, 0),
     }
+    done = time.time()  # the last set of any gauge above was before this
+    samples = _scrape_until(wanted, deadline=done + 90)
+    # Still there well past Ray's gauge TTL (2 x the 10 s export interval) after the last set
+    time.sleep(max(0.0, done + 45 - time.time()))
+    held = {k: v for k, v in wanted.items() if "gauge" in k}
+    samples = _scrape_until(held, deadline=time.time() + 15)
+    try:
+        # ptr-ray's labels: the config's model name and the role; vLLM's replica tag
+        (gen,) = _find(samples, "ray_vllm_generation_tokens_total", role="obs-weak")
+        assert gen.labels["model_name"] == model and gen.labels.get("ReplicaId", "") == ""
+        (srv,) = _find(samples, "ray_vllm_generation_tokens_total", role="obs-serve")
+        assert srv.labels["model_name"] == model
+        print(f"scraped after {time.time() - t0:.1f}s")
+    finally:
+        ray.get([offline.close.remote(), replica.close.remote()], timeout=120)
+        ray.kill(offline)
+        ray.kill(replica)
+
+
+def _scrape_until(wanted: dict, deadline: float) -> list:
+    """Scrape until every wanted (name, labels, value or None) series is there; the samples."""
     missing: dict[str, str] = dict.fromkeys(wanted, "not scraped yet")
-    deadline = time.time() + 90
     samples: list = []
     while missing and time.time() < deadline:
         samples = _samples()
@@ -167,18 +190,8 @@ def test_engine_and_build_metrics_reach_rays_prometheus_endpoint(ray_local, tiny
             missing.pop(key, None)
         if missing:
             time.sleep(2.0)
-    try:
-        assert not missing, (
-            f"{missing}; vllm/ptr samples seen: "
-            f"{sorted({s.name for s in samples if 'vllm' in s.name or 'ptr_build' in s.name})}"
-        )
-        # ptr-ray's labels: the config's model name and the role; vLLM's replica tag
-        (gen,) = _find(samples, "ray_vllm_generation_tokens_total", role="obs-weak")
-        assert gen.labels["model_name"] == model and gen.labels.get("ReplicaId", "") == ""
-        (srv,) = _find(samples, "ray_vllm_generation_tokens_total", role="obs-serve")
-        assert srv.labels["model_name"] == model
-        print(f"scraped after {time.time() - t0:.1f}s")
-    finally:
-        ray.get([offline.close.remote(), replica.close.remote()], timeout=120)
-        ray.kill(offline)
-        ray.kill(replica)
+    assert not missing, (
+        f"{missing}; vllm/ptr samples seen: "
+        f"{sorted({s.name for s in samples if 'vllm' in s.name or 'ptr_build' in s.name})}"
+    )
+    return samples
