@@ -12,9 +12,10 @@ waits until each shows ptr-ray's names:
 - Jobs: the build job (its submission id) and the serve driver; the build job's page: Ray
   Data's overview with the dataset's name (``ptr-build-<output folder>``).
 
-The browser is driven over the DevTools protocol (a websocket, no driver binary): navigate,
-poll ``document.body.innerText`` until the names appear (the dashboard is a React app that
-fetches its tables after load), then take a screenshot. ``PTR_DASHBOARD_SCREENSHOTS=DIR`` keeps
+The browser is driven over the DevTools protocol (a websocket, no driver binary): log in through
+Ray's token dialog, navigate, poll ``document.body.innerText`` until the names appear (the
+dashboard is a React app that fetches its tables after load), scroll the first name into view,
+then take a screenshot (retaken if the token dialog came up meanwhile). ``PTR_DASHBOARD_SCREENSHOTS=DIR`` keeps
 them there (``make test-browser`` refreshes docs/images/ for the README).
 
 Why only this test turns the dashboard on: the suite's shared Ray fixture (tests/conftest.py)
@@ -40,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +112,17 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             pages = [t for t in json.load(r) if t.get("type") == "page"]
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
+        self._stack = ExitStack()  # websockets 17: a connection is a context manager
+        self.ws = self._stack.enter_context(
+            connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
+        )
         self._id = 0
+        self.token: str | None = None
+        self.denied: list[str] = []  # requests answered 401/403, for the failure message
+        self.logins = 0  # times the token dialog was answered
         self.call("Page.enable")
         self.call("Runtime.enable")
+        self.call("Network.enable")
 
     def call(self, method: str, timeout_s: float = 60, **params: Any) -> dict[str, Any]:
         self._id += 1
@@ -121,82 +130,150 @@ class Browser:
         deadline = time.monotonic() + timeout_s
         while True:
             msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if msg.get("id") == self._id:  # anything else is an event: not asked for
+            if msg.get("method") == "Network.responseReceived":
+                status = msg["params"]["response"]["status"]
+                if status in (401, 403):  # what made the dashboard ask for the token
+                    self.denied.append(f"{status} {msg['params']['response']['url']}")
+            if msg.get("id") == self._id:  # any other event: not asked for
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
 
     def text(self) -> str:
-        res = self.call(
-            "Runtime.evaluate",
-            expression="document.body ? document.body.innerText : ''",
-            returnByValue=True,
-        )
-        return str(res.get("result", {}).get("value") or "")
+        return str(self._js("document.body ? document.body.innerText : ''") or "")
 
-    def show(self, url: str, expect: list[str], timeout_s: float = 90) -> str:
-        """Open ``url`` and wait until the page's text holds every string of ``expect``."""
+    DIALOG = "Authentication Token Required"
+
+    def show(
+        self,
+        url: str,
+        expect: list[str],
+        shot: Path,
+        expand: str | None = None,
+        timeout_s: float = 90,
+    ) -> str:
+        """Open ``url`` (clicking the section header ``expand`` open once it is drawn), wait
+        until the page's visible text holds every string of ``expect``, bring the first of them
+        into view and save a screenshot to ``shot``. Ray's token dialog, whenever it comes up,
+        is answered as a person does (the page then reloads and the wait goes on)."""
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout_s
-        text = ""
+        text, expanded = "", expand is None
         while time.monotonic() < deadline:
+            if self.DIALOG in self.text():
+                self.answer_dialog()
+                expanded = expand is None  # the page reloaded: sections are closed again
+                continue
+            if not expanded:
+                expanded = self.click_text(expand or "")
             text = self.text()
-            if all(e in text for e in expect):
+            if expanded and all(e in text for e in expect):
                 time.sleep(1.0)  # let the tables finish drawing before a screenshot
-                return self.text()
+                assert self.reveal(expect[0]), f"{url}: {expect[0]!r} is not visible"
+                time.sleep(0.5)
+                png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+                if self.DIALOG in self.text():  # came up while drawing: answer, look again
+                    continue
+                shot.write_bytes(png)
+                return text
             time.sleep(0.5)
         missing = [e for e in expect if e not in text]
-        raise AssertionError(f"{url} never showed {missing}; the page said:\n{text[:3000]}")
+        raise AssertionError(
+            f"{url} never showed {missing} (section {expand!r} opened: {expanded}; "
+            f"requests denied: {self.denied[-10:]}); the page said:\n{text[:3000]}"
+        )
+
+    def _js(self, expression: str, await_promise: bool = False) -> Any:
+        """Evaluate in the page; None while the page is between two documents (a reload after
+        the token dialog, a navigation): the callers poll, so the next try sees the new page."""
+        try:
+            res = self.call(
+                "Runtime.evaluate",
+                expression=expression,
+                returnByValue=True,
+                awaitPromise=await_promise,
+            )
+        except RuntimeError as e:
+            if "navigated or closed" in str(e) or "context" in str(e).lower():
+                return None
+            raise
+        return res.get("result", {}).get("value")
+
+    def click_text(self, text: str) -> bool:
+        """Click the innermost element whose whole text is ``text`` (e.g. a collapsed section's
+        header, as a person expands it); False if there is none."""
+        return bool(
+            self._js(
+                "(() => { const want = " + json.dumps(text) + ";"
+                " const all = [...document.querySelectorAll('body *')]"
+                ".filter(e => e.innerText && e.innerText.trim() === want);"
+                " const el = all[all.length - 1]; if (!el) return false;"
+                " el.click(); return true; })()"
+            )
+        )
+
+    def reveal(self, text: str) -> bool:
+        """Scroll the first visible element showing ``text`` (the innermost one: none of its
+        children shows it whole) to the middle of the window, so the screenshot shows the row a
+        reader looks for, not the table's first rows; False if no visible element shows it."""
+        return bool(
+            self._js(
+                "(() => { const want = " + json.dumps(text) + ";"
+                " const has = e => e.offsetParent !== null && (e.innerText || '').includes(want);"
+                " const el = [...document.querySelectorAll('body *')]"
+                ".find(e => has(e) && ![...e.children].some(has));"
+                " if (!el) return false; el.scrollIntoView({block: 'center'}); return true; })()"
+            )
+        )
 
     def authenticate(self, dashboard: str, token: str | None) -> None:
-        """Log in as a person does once per browser: Ray 2.60 protects a new local instance
-        with a token (the dashboard asks for it; ``ray get-auth-token`` prints it). A valid
-        token posted to /api/authenticate sets the session cookie."""
+        """Log in once, as a person does: Ray 2.60 protects a new local instance with a token
+        (``ray get-auth-token`` prints it); the dashboard's first data request is refused and
+        its dialog asks for the token, which sets a session cookie and reloads the page. If no
+        dialog comes within 30 s, the token is posted to /api/authenticate as the dialog would."""
+        self.token = token
         self.call("Page.navigate", url=f"{dashboard}/#/overview")
         if token is None:
             return
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            state = self.call(
-                "Runtime.evaluate", expression="document.readyState", returnByValue=True
-            )
-            if state.get("result", {}).get("value") == "complete":
-                break
-            time.sleep(0.3)
-        res = self.call(
-            "Runtime.evaluate",
-            expression=(
-                "fetch('/api/authenticate', {method: 'POST', headers: "
-                f"{{Authorization: 'Bearer ' + {json.dumps(token)}}}}}).then(r => r.status)"
-            ),
-            awaitPromise=True,
-            returnByValue=True,
+            if self.DIALOG in self.text():
+                self.answer_dialog()
+                return
+            time.sleep(0.5)
+        status = self._js(
+            "fetch('/api/authenticate', {method: 'POST', headers: "
+            f"{{Authorization: 'Bearer ' + {json.dumps(token)}}}}}).then(r => r.status)",
+            await_promise=True,
         )
-        status = res.get("result", {}).get("value")
         assert status == 200, f"the dashboard refused Ray's token: HTTP {status}"
-        # The page was loaded before the cookie existed and keeps its "token required" dialog
-        # over every later view (hash navigation does not reload it): start it again.
         self.call("Page.reload", ignoreCache=True)
 
-    def screenshot(self, path: Path) -> None:
-        # Ray 2.60's "token required" dialog can stay over a view although the session cookie
-        # works (the view's data behind it loaded); Escape closes it, as a person would.
-        for kind in ("keyDown", "keyUp"):
-            self.call(
-                "Input.dispatchKeyEvent",
-                type=kind,
-                key="Escape",
-                code="Escape",
-                windowsVirtualKeyCode=27,
-            )
-        time.sleep(0.5)
-        shot = self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(shot["data"]))
+    def answer_dialog(self) -> None:
+        """Type the token into the dialog and press SUBMIT; wait until the page reloaded."""
+        assert self.token, f"the dashboard asks for a token, none is known: {self.denied[-5:]}"
+        self.logins += 1
+        assert self.logins <= 5, f"the dashboard keeps asking for the token: {self.denied[-10:]}"
+        focused = self._js(
+            "(() => { const i = document.querySelector('[role=dialog] input');"
+            " if (!i) return false; i.focus(); return true; })()"
+        )
+        assert focused, "the token dialog has no input field"
+        self.call("Input.insertText", text=self.token)
+        self._js(
+            "(() => { const b = [...document.querySelectorAll('[role=dialog] button')]"
+            ".find(b => b.innerText.trim().toUpperCase() === 'SUBMIT');"
+            " if (b) b.click(); return !!b; })()"
+        )
+        deadline = time.monotonic() + 30
+        while self.DIALOG in self.text():
+            assert time.monotonic() < deadline, "the token dialog did not accept Ray's token"
+            time.sleep(0.5)
 
     def close(self) -> None:
         try:
-            if getattr(self, "ws", None) is not None:
-                self.ws.close()
+            if getattr(self, "_stack", None) is not None:
+                self._stack.close()
         finally:
             if self.proc.poll() is None:
                 self.proc.terminate()
@@ -282,10 +359,10 @@ def _get(url: str) -> Any:
         return json.load(r)
 
 
-def _post(url: str, body: dict[str, Any], attempts: int = 3) -> Any:
-    """POST as ``ray job submit`` does. A 5xx is retried (twice, 15 s apart): once, on a
-    loaded machine, the job API answered 500 while the node's job agent was still starting.
-    The last answer's body is the error."""
+def _post(url: str, body: dict[str, Any], attempts: int = 6) -> Any:
+    """POST as ``ray job submit`` does. A 5xx is retried (for a minute, 10 s apart): once, on
+    a loaded machine, the job API answered 500 while the node's job agent was still starting
+    (Ray's job head finds no agent yet). The last answer's body is the error."""
     for attempt in range(1, attempts + 1):
         req = urllib.request.Request(
             url,
@@ -299,8 +376,8 @@ def _post(url: str, body: dict[str, Any], attempts: int = 3) -> Any:
             text = e.read().decode(errors="replace")
             if e.code < 500 or attempt == attempts:
                 raise AssertionError(f"POST {url}: HTTP {e.code}: {text}") from e
-            print(f"POST {url}: HTTP {e.code} ({text[:300]}); retrying in 15 s")
-            time.sleep(15)
+            print(f"POST {url}: HTTP {e.code} ({text[:300]}); retrying in 10 s")
+            time.sleep(10)
     raise AssertionError("unreachable")
 
 
@@ -392,13 +469,6 @@ def served(tiny_model_dir, tmp_path) -> Iterator[tuple[ServeProcess, str]]:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky, not yet trusted: on 2026-12-02 it passed twice (17:13, 17:16; every view "
-    "listed the names, but Ray's token dialog stayed over the screenshots) and failed twice "
-    "(17:08: POST /api/jobs/ answered HTTP 500; 17:19, beside a CI run: the build job's log "
-    "lacked the 'Ray dashboard (cluster)' line)",
-)
 def test_dashboard_shows_ptr_rays_work_in_a_browser(chromium, served, tiny_model_dir, tmp_path):
     from ptr_ray.datagen.dataflow import model_label
 
@@ -408,7 +478,11 @@ def test_dashboard_shows_ptr_rays_work_in_a_browser(chromium, served, tiny_model
 
     job = submit_build(dashboard, tiny_model_dir, tmp_path)
     # The build joined the serve's Ray and says where its dashboard is.
-    assert f"Ray dashboard (cluster): {dashboard}" in job["logs"]
+    said = [line for line in job["logs"].splitlines() if "dashboard" in line.lower()]
+    assert f"Ray dashboard (cluster): {dashboard}" in job["logs"], (
+        f"the build job never named {dashboard}; its lines about a dashboard: {said}; "
+        f"its log began:\n{job['logs'][:3000]}"
+    )
     job_id = job["job_id"]
     model = model_label(str(tiny_model_dir))
 
@@ -417,26 +491,34 @@ def test_dashboard_shows_ptr_rays_work_in_a_browser(chromium, served, tiny_model
     browser = Browser(chromium, profile, tmp_path / "chromium.log")
     try:
         browser.authenticate(dashboard, ray_token())
-        views = [
-            ("serve", f"{dashboard}/#/serve", ["ptr-ray", "PTRIngress", "PTREngine"]),
-            ("actors", f"{dashboard}/#/actors", ["PTRIngress", "PTREngine", "ServeController"]),
+        # (screenshot name, view, names it must show, the first brought into view; the
+        # collapsed section to open first)
+        views: list[tuple[str, str, list[str], str | None]] = [
+            ("serve", f"{dashboard}/#/serve", ["PTRIngress", "PTREngine", "ptr-ray"], None),
+            (
+                "actors",
+                f"{dashboard}/#/actors",
+                ["PTREngine", "PTRIngress", "ServeController"],
+                None,
+            ),
             (
                 "build-actors",
                 f"{dashboard}/#/jobs/{job_id}/actors",
                 [f"WeakThoughts[{model}]", f"StrongAnswers[{model}]"],
+                None,
             ),
-            ("jobs", f"{dashboard}/#/jobs", [SUBMISSION_ID, "ptr_ray.cli serve"]),
+            ("jobs", f"{dashboard}/#/jobs", [SUBMISSION_ID, "ptr_ray.cli serve"], None),
             # the job's page: Ray Data's overview lists the build's dataset by its name
-            ("data", f"{dashboard}/#/jobs/{job_id}", ["ptr-build-dataset"]),
+            ("data", f"{dashboard}/#/jobs/{job_id}", ["ptr-build-dataset"], "Ray Data Overview"),
         ]
-        for name, url, expect in views:
+        for name, url, expect, expand in views:
             t0 = time.monotonic()
-            browser.show(url, expect)
-            browser.screenshot(shots / f"dashboard-{name}.png")
+            browser.show(url, expect, shots / f"dashboard-{name}.png", expand=expand)
             print(f"{name}: {expect} shown after {time.monotonic() - t0:.1f}s")
+        print(f"token dialog answered {browser.logins}x; denied: {browser.denied}")
     finally:
         browser.close()
-    for name, _, _ in views:
+    for name, *_ in views:
         png = (shots / f"dashboard-{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
     assert proc.proc.poll() is None, "ptr-ray serve died while the dashboard was looked at"
