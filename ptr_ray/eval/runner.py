@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ptr_ray.config import EngineConfig, EvalConfig, EvalMethodConfig, dump_config
 from ptr_ray.engine import Engine, make_engine
 from ptr_ray.errors import PtrRayValueError
-from ptr_ray.eval.methods import check_methods
+from ptr_ray.eval.methods import check_methods, method_engine_config
 from ptr_ray.eval.metrics import score_batch
 from ptr_ray.eval.report import (
     EvalReport,
@@ -292,6 +292,24 @@ def evaluate(cfg: EvalConfig, engine_factory: EngineFactory | None = None) -> Ev
     return EvalReport(ordered, cfg.rounds, cfg.model_dump(mode="json"), time.time() - t0, reused)
 
 
+def ray_task_options(cfg: EvalConfig) -> dict[str, Any]:
+    """The evaluation task's Ray options: the most CPUs, GPUs and custom resources
+    (``engine.resources``, e.g. a node type's ``pool_vllm``) that any method's engine asks for,
+    since the task runs the methods' engines one after another."""
+    engines = [method_engine_config(cfg, m) for m in cfg.methods]
+    opts: dict[str, Any] = {
+        "num_cpus": max(e.num_cpus for e in engines),
+        "num_gpus": max(e.num_gpus for e in engines),
+    }
+    resources: dict[str, float] = {}
+    for e in engines:
+        for name, amount in e.resources.items():
+            resources[name] = max(amount, resources.get(name, 0))
+    if resources:
+        opts["resources"] = resources
+    return opts
+
+
 def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     """Run :func:`evaluate` inside one Ray task holding the engines' CPUs/GPUs (cluster jobs)."""
     import ray
@@ -300,14 +318,9 @@ def _evaluate_on_ray(cfg: EvalConfig) -> EvalReport:
     assert ray_cfg is not None
     from ptr_ray.ray_utils import ray_session
 
-    gpus = max(m.engine.get("num_gpus", cfg.engine.num_gpus) for m in cfg.methods)
-    cpus = max(m.engine.get("num_cpus", cfg.engine.num_cpus) for m in cfg.methods)
     if ray_cfg.address == "local":  # a local worker's cwd need not be ours
         cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
-    opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
-    for m in cfg.methods:  # custom resources (engine.resources): the most any method asks
-        for name, amount in m.engine.get("resources", cfg.engine.resources).items():
-            opts.setdefault("resources", {})[name] = max(amount, opts["resources"].get(name, 0))
+    opts = ray_task_options(cfg)
     with ray_session(ray_cfg):  # the pipeline's instance if it runs one, else our own
         remote = ray.remote(**opts)(evaluate)
         log.info("evaluating inside a Ray task (%s)", opts)

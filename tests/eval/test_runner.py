@@ -382,3 +382,24 @@ def test_shipped_configs_load():
     engines, tasks = preflight(local)  # builtins resolve, items load: ready to run
     assert [e.model for e in engines] == ["builtin:smollm2-135m", "builtin:qwen2.5-coder-0.5b"]
     assert [len(t.items) for t in tasks] == [20, 20]
+
+
+def test_ray_task_options_take_the_most_any_method_asks():
+    """The evaluation task runs every method's engine in turn, so it holds the most CPUs, GPUs
+    and custom resources any of them asks (a cluster job pins it with engine.resources)."""
+    from ptr_ray.eval.runner import ray_task_options
+
+    cfg = EvalConfig.model_validate(
+        {
+            "engine": {"num_cpus": 2, "resources": {"pool_vllm": 1}},
+            "methods": [
+                {"name": "base", "model": "m1"},
+                {"name": "ptr", "model": "m2", "engine": {"num_gpus": 1, "num_cpus": 4}},
+                {"name": "big", "model": "m3", "engine": {"resources": {"pool_vllm": 2, "x": 1}}},
+            ],
+        }
+    )
+    opts = ray_task_options(cfg)
+    assert opts == {"num_cpus": 4, "num_gpus": 1, "resources": {"pool_vllm": 2, "x": 1}}
+    plain = EvalConfig.model_validate({"methods": [{"name": "base", "model": "m1"}]})
+    assert "resources" not in ray_task_options(plain)  # Ray's default: no custom resources

@@ -98,6 +98,12 @@ class SimCluster:
             num_cpus=spec.num_cpus,
             resources=dict(spec.resources),
             labels={POOL_LABEL: kind},
+            # Every node of a real cluster unpacks a job's working_dir on its own disk. Here
+            # all raylets share one session folder, and a node that has not seen the package
+            # yet unpacks it again with overwrite (rmtree first): with one shared
+            # runtime_resources folder that deleted the job driver's working directory under
+            # it on the head (the driver's cwd vanished: FileNotFoundError on import).
+            runtime_env_dir_name=f"runtime_resources_node{len(self.nodes)}",
         )
         sim = SimNode(kind, node)
         self.nodes.append(sim)

@@ -141,6 +141,7 @@ def test_pipeline_job_finishes_on_the_simulated_cluster(
             "jobs/pipeline.py",
             "--config",
             str(config),
+            "--debug",  # a failure in the job shows its traceback in this test's message
         ],
         capture_output=True,
         text=True,
