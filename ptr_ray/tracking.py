@@ -343,7 +343,7 @@ def check_tracking(cfg: TrackingConfig) -> None:
 
 def resolve_tracking(cfg: T, out_dir: str | Path, env: Mapping[str, str] | None = None) -> T:
     """Fill the ``None`` defaults: the TensorBoard folder (the output folder), MLflow's URI
-    (``$MLFLOW_TRACKING_URI``, else ``<output_dir>/mlruns``) and W&B's mode (``$WANDB_MODE``,
+    (``$MLFLOW_TRACKING_URI``, else ``<output_dir>/mlflow.db``, SQLite) and W&B's mode (``$WANDB_MODE``,
     else offline). Run it where the user's environment is (the driver), so workers on other
     nodes log to the same place."""
     env = os.environ if env is None else env
@@ -357,7 +357,10 @@ def resolve_tracking(cfg: T, out_dir: str | Path, env: Mapping[str, str] | None 
                 "tracking.wandb.mode"
             )
         mode = _WANDB_MODES.get(given, "offline")
-    uri = cfg.mlflow.tracking_uri or env.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri()
+    # MLflow 3.18 refuses its file store ("maintenance mode"; 6 Dec 2026): a SQLite file in the
+    # output folder is the local store it asks for (needs `pip install mlflow`, not -skinny).
+    local = f"sqlite:///{out / 'mlflow.db'}"
+    uri = cfg.mlflow.tracking_uri or env.get("MLFLOW_TRACKING_URI") or local
     return cfg.model_copy(
         update={
             "tensorboard_dir": str(Path(cfg.tensorboard_dir or out).expanduser().resolve()),

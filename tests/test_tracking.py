@@ -133,7 +133,7 @@ def test_resolve_fills_defaults_from_the_environment_then_the_output_folder(tmp_
     out = tmp_path / "run"
     r = resolve_tracking(TrackingConfig(), out, env={})
     assert r.tensorboard_dir == str(out.resolve())
-    assert r.mlflow.tracking_uri == (out.resolve() / "mlruns").as_uri()
+    assert r.mlflow.tracking_uri == f"sqlite:///{out.resolve() / 'mlflow.db'}"
     assert r.wandb.mode == "offline"  # W&B never uploads unless asked
     env = {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "WANDB_MODE": "online"}
     r = resolve_tracking(TrackingConfig(), out, env=env)
@@ -384,7 +384,7 @@ def test_mlflow_backend_calls(tmp_path, monkeypatch):
         for row in _rows(2):
             t.log_scalars(row, row["step"])
     (client,) = _FakeMlflowClient.instances
-    assert client.uri == (out.resolve() / "mlruns").as_uri()
+    assert client.uri == f"sqlite:///{out.resolve() / 'mlflow.db'}"
     kinds = [c[0] for c in client.calls]
     assert kinds == ["create_experiment", "create_run"] + ["log_batch"] * 4 + ["set_terminated"]
     assert client.calls[0] == ("create_experiment", "ptr-ray")
@@ -399,20 +399,35 @@ def test_mlflow_backend_calls(tmp_path, monkeypatch):
 
 
 def test_mlflow_with_a_real_local_store(tmp_path):
-    """Only where mlflow is installed (it is not a dev dependency)."""
+    """Only where mlflow is installed (it is not a dev dependency). Its default store: on
+    6 Dec 2026 MLflow 3.18 refused the old default (a ``mlruns`` file store), which no fake
+    could have shown; the SQLite store needs the full package (SQLAlchemy)."""
     pytest.importorskip("mlflow", reason="mlflow is not installed")
+    pytest.importorskip("sqlalchemy", reason="the local store needs `pip install mlflow`")
     from mlflow import MlflowClient
 
-    uri = (tmp_path / "mlruns").as_uri()
-    cfg = TrackingConfig.model_validate({"backends": ["mlflow"], "mlflow": {"tracking_uri": uri}})
+    cfg = TrackingConfig.model_validate({"backends": ["mlflow"]})
     with open_tracker(cfg, tmp_path, run_name="ptr-a", prefix="train", params={"a": 1}) as t:
         for row in _rows(3):
             t.log_scalars(row, row["step"])
-    client = MlflowClient(uri)
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("ptr-ray").experiment_id])
     assert run.info.run_name == "ptr-a" and run.data.params["a"] == "1"
+    assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+def test_wandb_offline_for_real(tmp_path, monkeypatch):
+    """Only where wandb is installed: an offline run's file is written, nothing uploaded."""
+    pytest.importorskip("wandb", reason="wandb is not installed")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = TrackingConfig.model_validate({"backends": ["wandb"]})
+    with open_tracker(cfg, tmp_path, run_name="ptr-a", prefix="train", params={"a": 1}) as t:
+        for row in _rows(3):
+            t.log_scalars(row, row["step"])
+    (run,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run.stat().st_size > 0
 
 
 def _fake_wandb(monkeypatch) -> list[dict]:

@@ -139,7 +139,7 @@ class MlflowConfig(StrictModel):
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI; None = $MLFLOW_TRACKING_URI of the driver, else a "
-        "local store in <output_dir>/mlruns",
+        "local SQLite store, <output_dir>/mlflow.db",
     )
     experiment: str = Field("ptr-ray", min_length=1, description="MLflow experiment name")
 
