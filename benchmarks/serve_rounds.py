@@ -21,6 +21,13 @@ decoding, so they generate the same tokens and only the serving path differs. A 
     .venv/bin/python benchmarks/serve_rounds.py                 # builtin:smollm2-135m
     .venv/bin/python benchmarks/serve_rounds.py --model /path/to/model --requests 6
     .venv/bin/python benchmarks/serve_rounds.py --only-replicas     # just 4. (1 vs 2 replicas)
+    .venv/bin/python benchmarks/serve_rounds.py --only-cache --context-sentences 125  # ~2k tokens
+
+``--only-cache`` profiles 3. on the engine alone (Serve adds x1.02, measured in 1.): each
+round's latency with the prefix cache off and on, and a 1-token request on the same prompt
+(the prefill alone). It prints the bound those figures put on the caching speed-up: with R
+rounds, a cache can at best remove the prefill P of rounds 2..R, never the decoding D, so
+speed-up <= R(P + D) / (P + R*D) < R. At 3 rounds x3 is that bound's limit as D -> 0.
 """
 
 from __future__ import annotations
@@ -170,6 +177,98 @@ def engine_requests_per_replica(app: str, settle_s: float = 12.0) -> list[int]:
     return sorted((int(v) for v in (last or {}).values()), reverse=True)
 
 
+async def cache_profile(args, queries: list[str]) -> dict:
+    """Per-round latencies with the prefix cache off, then on (fresh engines, same greedy
+    queries), and the prefill alone (1 new token) of each query's round-1 prompt."""
+    from ptr_ray.config import PromptConfig
+    from ptr_ray.engine import AsyncVLLMEngine
+    from ptr_ray.refine import round_prompt
+
+    out: dict = {}
+    for caching in (False, True):
+        eng = AsyncVLLMEngine(
+            EngineConfig(
+                model=args.model,
+                max_model_len=args.max_model_len,
+                enable_prefix_caching=caching,
+            )
+        )
+        sampling = SamplingConfig(max_tokens=args.max_tokens)
+
+        async def gen(msgs, eng=eng, sampling=sampling):
+            return await eng.generate(msgs, sampling)
+
+        try:
+            await eng.generate([{"role": "user", "content": "warm up"}], sampling)
+            per_round: list[list[float]] = []
+            prefill: list[float] = []
+            for i, q in enumerate(queries):
+                if not caching:  # the prefill alone: a 1-token answer, nothing cached
+                    t0 = time.perf_counter()
+                    await eng.generate(
+                        round_prompt(q, [], PromptConfig()), SamplingConfig(max_tokens=1)
+                    )
+                    prefill.append(time.perf_counter() - t0)
+                times, t0 = [], time.perf_counter()
+                async for _ in arefine(gen, q, args.rounds):
+                    now = time.perf_counter()
+                    times.append(now - t0)
+                    t0 = now
+                per_round.append(times)
+                print(
+                    f"      cache {'on ' if caching else 'off'} request {i + 1}: "
+                    + " ".join(f"{t:.2f}s" for t in times),
+                    flush=True,
+                )
+            out["on" if caching else "off"] = per_round
+            if prefill:
+                out["prefill"] = prefill
+        finally:
+            eng.close()
+    return out
+
+
+def report_cache_profile(prof: dict, args) -> dict:
+    med = statistics.median
+    rounds = args.rounds
+    off = [sum(r) for r in prof["off"]]
+    on = [sum(r) for r in prof["on"]]
+    p = med(prof["prefill"])
+    r1 = med(r[0] for r in prof["off"])
+    d = max(r1 - p, 1e-9)  # decoding (and sampling) of one round's answer
+    later_on = med(x for r in prof["on"] for x in r[1:])
+    later_off = med(x for r in prof["off"] for x in r[1:])
+    bound = rounds * (p + d) / (p + rounds * d)
+    res = {
+        "cache_off_latency_s": med(off),
+        "cache_on_latency_s": med(on),
+        "cache_speedup": med(off) / med(on),
+        "prefill_s": p,
+        "decode_s_per_round": d,
+        "later_round_s_cache_on": later_on,
+        "later_round_s_cache_off": later_off,
+        "speedup_bound": bound,
+    }
+    print()
+    print(
+        f"model {Path(args.model).name}, {rounds} rounds x {args.max_tokens} max tokens, "
+        f"queries ~{args.context_sentences * 16} tokens, medians of {len(off)} requests "
+        f"(engine alone)"
+    )
+    print(f"  prefix cache off      {med(off):7.2f} s / request (rounds 2..: {later_off:.2f} s)")
+    print(f"  prefix cache on       {med(on):7.2f} s / request (rounds 2..: {later_on:.2f} s)")
+    print(f"  caching speed-up      x{res['cache_speedup']:.2f}   (goal x3)")
+    print(
+        f"  profile of a round    prefill {p:.2f} s + decoding {d:.2f} s "
+        f"({args.max_tokens} tokens): prefill is {p / (p + d):.0%} of round 1"
+    )
+    print(
+        f"  bound                 x{bound:.2f} = {rounds}(P+D)/(P+{rounds}D): the most a cache "
+        f"that removed every later prefill could give"
+    )
+    return res
+
+
 async def run_sequential(url, queries, args):
     async with httpx.AsyncClient(timeout=args.timeout) as c:
         return [await http_refine(c, url, q, args.rounds, args.max_tokens) for q in queries]
@@ -228,6 +327,11 @@ def main() -> int:
         action="store_true",
         help="measure only the cache share with 1 and --replicas engine replicas",
     )
+    p.add_argument(
+        "--only-cache",
+        action="store_true",
+        help="profile only the prefix cache (engine alone, per round, with the bound)",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -257,6 +361,13 @@ def main() -> int:
     ]
     results: dict = {"model": args.model, "rounds": args.rounds, "max_tokens": args.max_tokens}
     t_start = time.time()
+    if args.only_cache:
+        results.update(report_cache_profile(asyncio.run(cache_profile(args, q_same)), args))
+        results["wall_s"] = time.time() - t_start
+        print(f"  total wall time {results['wall_s']:.0f}s")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
 
     q_reps = [make_query(5000 + i, args.context_sentences) for i in range(args.concurrent_requests)]
     full = not args.only_replicas
