@@ -64,9 +64,13 @@ gpu-repro:
 
 # Lint and the type check first (prerequisites run in order): seconds, the suite minutes.
 # tests/cluster/sim runs in `make test-cluster`, its own pytest process (it needs one where
-# Ray is not initialized yet).
+# Ray is not initialized yet). The dashboard browser test also runs in a process of its own:
+# the suite's shared Ray instance holds Ray's dashboard agent port (52365), and a second local
+# instance's job API then answers every submission "No available agent" (HTTP 500).
+BROWSER_TEST = tests/observability/test_dashboard_browser.py
 test: setup lint
-	$(PY) -m pytest -q --ignore=tests/cluster/sim $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/cluster/sim --ignore=$(BROWSER_TEST) $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(BROWSER_TEST) $(PYTEST_ARGS)
 
 # Multi-node code on a simulated cluster (several raylets on this machine, custom resources
 # for cluster.yaml's node types): build, Train, Serve and `ray job submit`, with node loss.
@@ -87,7 +91,7 @@ browser-deps:
 
 # The dashboard in a real browser; refreshes the README's screenshots in docs/images/.
 test-browser: setup browser-deps
-	PTR_DASHBOARD_SCREENSHOTS=docs/images $(PY) -m pytest -q -s tests/observability/test_dashboard_browser.py $(PYTEST_ARGS)
+	PTR_DASHBOARD_SCREENSHOTS=docs/images $(PY) -m pytest -q -s $(BROWSER_TEST) $(PYTEST_ARGS)
 
 # ruff (rules and format in pyproject.toml [tool.ruff]) and mypy on the whole package.
 lint: setup

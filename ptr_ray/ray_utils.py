@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: The dashboard's pages that show ptr-ray's work (the web UI routes after the URL).
 VIEWS = "#/jobs #/actors #/serve"
+#: Ray's default dashboard agent port (``ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT``).
+DASHBOARD_AGENT_PORT = 52365
 #: (the Ray node this process connected to, its dashboard URL), set by :func:`init_ray`.
 _dashboard: tuple[str, str] | None = None
 
@@ -76,6 +78,7 @@ def init_ray(
         kwargs["address"] = "local"
         kwargs["include_dashboard"] = cfg.include_dashboard
         if cfg.include_dashboard:
+            warn_if_agent_port_taken()
             kwargs["dashboard_host"] = cfg.dashboard_host  # loopback (RayConfig checks)
             if cfg.dashboard_port:
                 kwargs["dashboard_port"] = cfg.dashboard_port
@@ -103,6 +106,41 @@ def init_ray(
         getattr(context, "dashboard_url", None) if cfg.include_dashboard or not local else None
     )
     log_dashboard("local instance" if local else "cluster")
+    return True
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something on this machine already listens on ``port`` (a bind test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def warn_if_agent_port_taken() -> bool:
+    """Warn before starting a local instance whose job API cannot work; True if it warned.
+
+    ``ray.init(address="local")`` always gives its node's dashboard agent the default port
+    (52365; unlike ``ray start`` it has no ``--dashboard-agent-listen-port``). With another Ray
+    instance on this machine holding that port, the new agent cannot listen, and the new
+    dashboard's job API answers every submission "HTTP 500: No available agent to submit job"
+    (measured on Ray 2.60) while its views still work. Said once, up front, with the fix."""
+    port = DASHBOARD_AGENT_PORT
+    if not port_in_use(port):
+        return False
+    log.warning(
+        "port %d (Ray's dashboard agent) is taken, most likely by another Ray instance on this "
+        "machine: this run's dashboard shows its work, but `ray job submit` to it will fail "
+        "with 'No available agent'. To submit jobs, stop the other instance, or start one "
+        "cluster with `ray start --head --dashboard-host 127.0.0.1 "
+        "--dashboard-agent-listen-port <free port>` and run with ray.address=auto",
+        port,
+    )
     return True
 
 

@@ -124,3 +124,35 @@ def test_env_table_defaults_exported_values_and_forwarding(env):
     apply_env({"VLLM_CPU_KVCACHE_SPACE": "2"}, cpu=True)
     assert env["VLLM_NO_USAGE_STATS"] == "1" and env["VLLM_LOGGING_LEVEL"] == "INFO"
     assert env["VLLM_HOST_IP"] == "127.0.0.1" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_agent_port_is_rays_default():
+    from ray._private import ray_constants
+
+    from ptr_ray.ray_utils import DASHBOARD_AGENT_PORT
+
+    assert ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT == DASHBOARD_AGENT_PORT
+
+
+def test_a_taken_agent_port_is_said_before_ray_starts(fake_ray, monkeypatch, caplog):
+    """Another Ray instance's agent on the default port breaks this instance's job API (HTTP
+    500 'No available agent'): init_ray says so, with the fix, before starting Ray."""
+    import socket
+
+    from ptr_ray import ray_utils
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        monkeypatch.setattr(ray_utils, "DASHBOARD_AGENT_PORT", port)
+        assert ray_utils.port_in_use(port)
+        with caplog.at_level(logging.WARNING, logger="ptr_ray.ray_utils"):
+            ray_utils.init_ray(RayConfig(include_dashboard=True))
+        assert f"port {port} (Ray's dashboard agent) is taken" in caplog.text
+        assert "--dashboard-agent-listen-port" in caplog.text
+        caplog.clear()
+        fake_ray.initialized = False
+        ray_utils.init_ray(RayConfig(include_dashboard=False))  # no dashboard: no job API
+        assert "is taken" not in caplog.text
+    assert not ray_utils.port_in_use(port)

@@ -441,6 +441,18 @@ def chromium() -> str:
 @pytest.fixture
 def served(tiny_model_dir, tmp_path) -> Iterator[tuple[ServeProcess, str]]:
     """``ptr-ray serve`` on the tiny model, dashboard on; yields it and the dashboard URL."""
+    import ray
+
+    from ptr_ray.ray_utils import DASHBOARD_AGENT_PORT, port_in_use
+
+    if port_in_use(DASHBOARD_AGENT_PORT):  # the served instance's job API could not work
+        why = (
+            f"another Ray instance holds the dashboard agent port {DASHBOARD_AGENT_PORT}, so "
+            "the job API of the instance under test would answer 'No available agent'"
+        )
+        if ray.is_initialized():  # this pytest process's own (the suite's shared instance)
+            pytest.skip(f"{why}: `make test` runs this test in a pytest process of its own")
+        pytest.fail(f"{why}: stop that instance first")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-dash-", dir="/tmp"))  # short: socket paths
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PTR_API_KEY")}
     env["PYTHONUNBUFFERED"] = "1"

@@ -125,6 +125,10 @@ class FakeAsyncEngine:
         self.too_long_after = too_long_after
         self.requests: list[str] = []
         self.aborted: list[str] = []
+        self.closed = False
+
+    def close(self) -> None:  # the replica closes its engine when it goes away
+        self.closed = True
 
     async def stream(self, conversation, sampling, request_id=None):
         self.requests.append(request_id)
