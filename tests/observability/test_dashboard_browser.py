@@ -360,9 +360,10 @@ def _get(url: str) -> Any:
 
 
 def _post(url: str, body: dict[str, Any], attempts: int = 6) -> Any:
-    """POST as ``ray job submit`` does. A 5xx is retried (for a minute, 10 s apart): once, on
-    a loaded machine, the job API answered 500 while the node's job agent was still starting
-    (Ray's job head finds no agent yet). The last answer's body is the error."""
+    """POST as ``ray job submit`` does. A 5xx is retried (for a minute, 10 s apart), as a
+    person would resubmit: Ray's job head answers 500 when it finds no job agent (seen while
+    another Ray instance held the agent port; the ``served`` fixture now refuses to start
+    then). The last answer's body is the error."""
     for attempt in range(1, attempts + 1):
         req = urllib.request.Request(
             url,
