@@ -92,33 +92,52 @@ def make_query(i: int, context_sentences: int) -> str:
     return f"[{i}] Read these notes about {topic}. {notes} Question: in two sentences, what is the main point about {topic}?"
 
 
-async def direct_engine(args, queries: list[str]) -> dict:
+def make_engine(args, **overrides):
     from ptr_ray.engine import AsyncVLLMEngine
 
-    eng = AsyncVLLMEngine(EngineConfig(model=args.model, max_model_len=args.max_model_len))
+    return AsyncVLLMEngine(
+        EngineConfig(model=args.model, max_model_len=args.max_model_len, **overrides)
+    )
+
+
+async def timed_rounds(gen, q: str, rounds: int) -> list[tuple[float, int, int, int]]:
+    """One refine request; per round: latency, prompt tokens, new tokens, cached tokens."""
+    rows, t0 = [], time.perf_counter()
+    async for rr in arefine(gen, q, rounds):
+        now = time.perf_counter()
+        rows.append((now - t0, rr.prompt_tokens, rr.tokens, rr.cached_tokens))
+        t0 = now
+    return rows
+
+
+async def one_token(eng, conversation) -> tuple[float, int]:
+    """Latency and prompt tokens of a 1-token request: the fixed cost plus the prefill."""
+    t0 = time.perf_counter()
+    g = await eng.generate(conversation, SamplingConfig(max_tokens=1))
+    return time.perf_counter() - t0, g.prompt_tokens
+
+
+def say(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Say {i}."}]
+
+
+async def direct_engine(args, queries: list[str]) -> dict:
+    eng = make_engine(args)
     sampling = SamplingConfig(max_tokens=args.max_tokens)
 
     async def gen(msgs):
         return await eng.generate(msgs, sampling)
 
     async def one(q: str) -> tuple[float, int]:
-        t0 = time.perf_counter()
-        toks = 0
-        async for rr in arefine(gen, q, args.rounds):
-            toks += rr.tokens
-        return time.perf_counter() - t0, toks
-
-    async def tiny(i: int) -> float:
-        t0 = time.perf_counter()
-        await eng.generate([{"role": "user", "content": f"Say {i}."}], SamplingConfig(max_tokens=1))
-        return time.perf_counter() - t0
+        rows = await timed_rounds(gen, q, args.rounds)
+        return sum(r[0] for r in rows), sum(r[2] for r in rows)
 
     try:
         await one("warm up the engine")
         lat = []
         for q in queries:
             lat.append(await one(q))
-        return {"latency": lat, "tiny": [await tiny(i) for i in range(5)]}
+        return {"latency": lat, "tiny": [(await one_token(eng, say(i)))[0] for i in range(5)]}
     finally:
         eng.close()
 
@@ -180,20 +199,14 @@ def engine_requests_per_replica(app: str, settle_s: float = 12.0) -> list[int]:
 
 async def cache_profile(args, queries: list[str]) -> dict:
     """Per-round latencies with the prefix cache off, then on (fresh engines, same greedy
-    queries), and the prefill alone (1 new token) of each query's round-1 prompt."""
+    queries); with the cache off also 1-token requests on a short prompt (the fixed cost) and
+    on each query's round-1 prompt (plus its prefill)."""
     from ptr_ray.config import PromptConfig
-    from ptr_ray.engine import AsyncVLLMEngine
     from ptr_ray.refine import round_prompt
 
-    out: dict = {}
+    out: dict = {"prefill": []}
     for caching in (False, True):
-        eng = AsyncVLLMEngine(
-            EngineConfig(
-                model=args.model,
-                max_model_len=args.max_model_len,
-                enable_prefix_caching=caching,
-            )
-        )
+        eng = make_engine(args, enable_prefix_caching=caching)
         sampling = SamplingConfig(max_tokens=args.max_tokens)
 
         async def gen(msgs, eng=eng, sampling=sampling):
@@ -202,19 +215,11 @@ async def cache_profile(args, queries: list[str]) -> dict:
         try:
             await eng.generate([{"role": "user", "content": "warm up"}], sampling)
             per_round: list[list[tuple[float, int, int, int]]] = []
-            prefill: list[tuple[float, int]] = []
             for i, q in enumerate(queries):
-                if not caching:  # the prefill alone: a 1-token answer, nothing cached
-                    for conv in ([{"role": "user", "content": f"Say {i}."}], None):
-                        conv = conv or round_prompt(q, [], PromptConfig())
-                        t0 = time.perf_counter()
-                        g = await eng.generate(conv, SamplingConfig(max_tokens=1))
-                        prefill.append((time.perf_counter() - t0, g.prompt_tokens))
-                rows, t0 = [], time.perf_counter()
-                async for rr in arefine(gen, q, args.rounds):
-                    now = time.perf_counter()
-                    rows.append((now - t0, rr.prompt_tokens, rr.tokens, rr.cached_tokens))
-                    t0 = now
+                if not caching:  # pairs: (short prompt, round-1 prompt), nothing cached
+                    out["prefill"].append(await one_token(eng, say(i)))
+                    out["prefill"].append(await one_token(eng, round_prompt(q, [], PromptConfig())))
+                rows = await timed_rounds(gen, q, args.rounds)
                 per_round.append(rows)
                 print(
                     f"      cache {'on ' if caching else 'off'} request {i + 1}: "
@@ -222,8 +227,6 @@ async def cache_profile(args, queries: list[str]) -> dict:
                     flush=True,
                 )
             out["on" if caching else "off"] = per_round
-            if prefill:
-                out["prefill"] = prefill
         finally:
             eng.close()
     return out

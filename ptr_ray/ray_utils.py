@@ -122,8 +122,8 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def warn_if_agent_port_taken() -> bool:
-    """Warn before starting a local instance whose job API cannot work; True if it warned.
+def warn_if_agent_port_taken() -> None:
+    """Warn before starting a local instance whose job API cannot work.
 
     ``ray.init(address="local")`` always gives its node's dashboard agent the default port
     (52365; unlike ``ray start`` it has no ``--dashboard-agent-listen-port``). With another Ray
@@ -132,7 +132,7 @@ def warn_if_agent_port_taken() -> bool:
     (measured on Ray 2.60) while its views still work. Said once, up front, with the fix."""
     port = DASHBOARD_AGENT_PORT
     if not port_in_use(port):
-        return False
+        return
     log.warning(
         "port %d (Ray's dashboard agent) is taken, most likely by another Ray instance on this "
         "machine: this run's dashboard shows its work, but `ray job submit` to it will fail "
@@ -141,7 +141,6 @@ def warn_if_agent_port_taken() -> bool:
         "--dashboard-agent-listen-port <free port>` and run with ray.address=auto",
         port,
     )
-    return True
 
 
 def _remember_dashboard(url: str | None) -> None:

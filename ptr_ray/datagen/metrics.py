@@ -185,7 +185,7 @@ class BuildMetrics:
         """The build ended: its gauges stop being held (a driver that goes on to train must
         not report this build's last ``rows_pending`` for the rest of its life)."""
         for metric in self._metrics.values():
-            if hasattr(metric, "release"):
+            if isinstance(metric, HeldGauge):
                 metric.release()
 
 

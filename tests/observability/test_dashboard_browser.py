@@ -160,13 +160,14 @@ class Browser:
         deadline = time.monotonic() + timeout_s
         text, expanded = "", expand is None
         while time.monotonic() < deadline:
-            if self.DIALOG in self.text():
+            text = self.text()
+            if self.DIALOG in text:
                 self.answer_dialog()
                 expanded = expand is None  # the page reloaded: sections are closed again
                 continue
             if not expanded:
                 expanded = self.click_text(expand or "")
-            text = self.text()
+                text = self.text()
             if expanded and all(e in text for e in expect):
                 time.sleep(1.0)  # let the tables finish drawing before a screenshot
                 assert self.reveal(expect[0]), f"{url}: {expect[0]!r} is not visible"
