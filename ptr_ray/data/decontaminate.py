@@ -7,6 +7,11 @@ has at least ``min_words`` words), so short questions are protected too. Questio
 still ("What is 59 + 63?") are protected by an exact match: a query that *is* an eval question
 (same words and symbols, case and spacing aside) is always dropped. N-grams are stored as a
 sorted array of 64-bit hashes: the ~1.2M n-grams of every packaged eval set take ~10 MB.
+
+An n-gram's hash is a polynomial rolling hash (mod 2^64) of its words' 64-bit hashes, mixed:
+every n-gram of one size comes from two prefix arrays in one numpy expression, which made the
+check ~4x cheaper per query than hashing each joined n-gram (the build checks every query).
+A false match needs a 64-bit collision of the mixed hash (~2^-64 per pair on natural text).
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 
 from ptr_ray.data.benchmarks import words
+from ptr_ray.data.minhash import mix64
 from ptr_ray.errors import PtrRayValueError
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_BASE = 0x100000001B3  # odd multiplier of the rolling hash
+_MASK = (1 << 64) - 1
 
 
 def exact_key(text: str) -> int:
@@ -37,6 +46,32 @@ def _hash(gram: list[str]) -> int:
     )
 
 
+@lru_cache(maxsize=1 << 18)
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _prefixes(toks: list[str]) -> npt.NDArray[np.uint64]:
+    """P[0] = 0, P[i+1] = P[i] * BASE + hash(word i) (mod 2^64)."""
+    out = [0]
+    p = 0
+    for t in toks:
+        p = (p * _BASE + _word_hash(t)) & _MASK
+        out.append(p)
+    return np.array(out, dtype=np.uint64)
+
+
+def _gram_hashes(prefix: npt.NDArray[np.uint64], sizes: Iterable[int]) -> npt.NDArray[np.uint64]:
+    """The hash of every window of each size: P[i+size] - P[i] * BASE^size, mixed."""
+    with np.errstate(over="ignore"):
+        parts = [
+            prefix[size:] - prefix[:-size] * np.uint64(pow(_BASE, size, 1 << 64))
+            for size in sizes
+            if size < prefix.size
+        ]
+    return mix64(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
+
+
 class NgramDecontaminator:
     """Membership test for "is, or shares an n-gram with, any reference text"."""
 
@@ -44,7 +79,7 @@ class NgramDecontaminator:
         if n < 1:
             raise PtrRayValueError(f"decontamination n-gram size must be >= 1, got {n}")
         self.n, self.min_words = n, min(min_words, n)
-        hashes: list[int] = []
+        hashes: list[npt.NDArray[np.uint64]] = []
         lengths: set[int] = set()
         self._exact: set[int] = set()
         self.num_references = 0
@@ -54,22 +89,21 @@ class NgramDecontaminator:
             if text.strip():
                 self._exact.add(exact_key(text))
             if len(toks) >= n:
-                hashes.extend(_hash(toks[i : i + n]) for i in range(len(toks) - n + 1))
+                hashes.append(_gram_hashes(_prefixes(toks), [n]))
                 lengths.add(n)
             elif len(toks) >= self.min_words:
-                hashes.append(_hash(toks))
+                hashes.append(_gram_hashes(_prefixes(toks), [len(toks)]))
                 lengths.add(len(toks))
-        self._table: npt.NDArray[np.uint64] = np.unique(np.asarray(hashes, dtype=np.uint64))
+        self._table: npt.NDArray[np.uint64] = np.unique(
+            np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+        )
         self._lengths = sorted(lengths)
 
     def __len__(self) -> int:
         return int(self._table.size)
 
-    def _grams(self, toks: list[str]) -> list[int]:
-        out: list[int] = []
-        for size in self._lengths:
-            out.extend(_hash(toks[i : i + size]) for i in range(len(toks) - size + 1))
-        return out
+    def _grams(self, toks: list[str]) -> npt.NDArray[np.uint64]:
+        return _gram_hashes(_prefixes(toks), self._lengths)
 
     def contaminated(self, text: str) -> bool:
         """True when ``text`` is a reference or contains an n-gram of one."""
@@ -81,10 +115,9 @@ class NgramDecontaminator:
             return "exact"
         if self._table.size == 0:
             return None
-        grams = self._grams(words(text))
-        if not grams:
+        q = self._grams(words(text))
+        if q.size == 0:
             return None
-        q: npt.NDArray[np.uint64] = np.asarray(grams, dtype=np.uint64)
         idx: npt.NDArray[np.intp] = np.searchsorted(self._table, q)
         idx[idx == self._table.size] = 0
         return "ngram" if bool(np.any(self._table[idx] == q)) else None
