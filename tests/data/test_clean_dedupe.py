@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptr_ray.data.clean import Cleaner, clean_text
+from ptr_ray.data.clean import Cleaner, clean_text, tokenizer_counter
 from ptr_ray.data.decontaminate import NgramDecontaminator
 from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
 from ptr_ray.data.mix import is_sft
@@ -39,6 +39,34 @@ def test_cleaner_token_limits():
     assert r.reason is None and r.text == "a fine question here" and r.tokens == 4
     with pytest.raises(ValueError):
         Cleaner(words, min_tokens=9, max_tokens=3)
+
+
+def test_cleaning_a_batch_counts_tokens_in_one_call(tiny_tokenizer):
+    """A block of rows is cleaned with one tokenizer call; the results are the per-text ones."""
+    counter = tokenizer_counter(tiny_tokenizer)
+    texts = ["hi", "see https://x.y/z", "", "a fine question here, with words", "   "]
+    nonempty = [t for t in texts if t.strip()]
+    assert counter.many(nonempty) == [counter(t) for t in nonempty]
+    c = Cleaner(counter, min_tokens=3, max_tokens=50)
+    assert c.many(texts) == [c(t) for t in texts]
+    calls: list[int] = []
+
+    class Counting:
+        def __call__(self, text):
+            raise AssertionError("one call per text")
+
+        def many(self, batch):
+            calls.append(len(batch))
+            return [len(t.split()) for t in batch]
+
+    results = Cleaner(Counting(), min_tokens=2, max_tokens=5).many(texts)
+    assert calls == [3] and [r.reason for r in results] == [
+        "too_short",
+        "too_short",
+        "empty_after_clean",
+        "too_long",
+        "empty_after_clean",
+    ]
 
 
 def test_exact_dedupe_normalizes_case_and_space():
