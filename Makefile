@@ -43,6 +43,9 @@ $(STAMP): pyproject.toml constraints.txt requirements/packaged.txt requirements/
 	# torch. The CUDA vllm needs them (torchvision 0.28.0, torchaudio 2.11.0): keep them there.
 	$(if $(GPU),,$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 	$(PY) -c "import ptr_ray, vllm, ray, deepspeed, transformers; print('ptr-ray setup ok')"
+	# DeepSpeed's CPU op, built once into this venv now rather than inside the first Train
+	# worker (ptr_ray/train/native_ops.py: why, and the stale-lock hang it prevents).
+	$(PY) -m ptr_ray.train.native_ops
 	touch $(STAMP)
 
 models: setup

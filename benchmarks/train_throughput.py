@@ -211,7 +211,9 @@ def deepspeed_loop(cfg: Any, steps: int, threads: int, skip_reduce: bool) -> Par
 
     from ptr_ray.testing import free_port
     from ptr_ray.train.ds_config import deepspeed_config
+    from ptr_ray.train.native_ops import prepare_deepspeed_ops
 
+    prepare_deepspeed_ops()  # built before the clock starts, as the worker does
     if not dist.is_initialized():
         port = free_port()
         # what a launcher (or Ray Train) sets; DeepSpeed checks LOCAL_RANK

@@ -122,6 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ptr_ray.models import resolve_model
     from ptr_ray.train.encode import collate
     from ptr_ray.train.loss import lambdas_at, ptr_loss
+    from ptr_ray.train.native_ops import prepare_deepspeed_ops
 
     cfg = TrainConfig.model_validate(config["cfg"])
     records = config["records"]
@@ -220,6 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched_fn)
         params = None
+    prepare_deepspeed_ops()  # its CPU op built once per node, never stuck on a dead build's lock
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

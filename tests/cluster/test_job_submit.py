@@ -316,10 +316,14 @@ def test_stop_kills_this_cluster_and_nothing_else(local_cluster):
         assert local_cluster.processes() == []
         with pytest.raises(OSError):  # nothing listens on the dashboard port any more
             socket.create_connection(("127.0.0.1", local_cluster.ports["--dashboard-port"]), 2)
-        for p in neighbours:
-            assert p.is_running() and p.status() != psutil.STATUS_ZOMBIE, (
-                f"stopping the test cluster killed a process it does not own: {p.info['cmdline']}"
-            )
+        # Another person's Ray may end on its own meanwhile (a job that finished): what matters
+        # is that stop() signalled none of them, and that the decoy, which cannot end, lives.
+        foreign = {p.pid: p.info["cmdline"] for p in neighbours}
+        assert not stopped & foreign.keys(), (
+            f"stopping the test cluster signalled processes it does not own: "
+            f"{[foreign[pid] for pid in stopped & foreign.keys()]}"
+        )
+        assert decoy.poll() is None, "stopping the test cluster killed the decoy"
     finally:
         decoy.kill()
         decoy.wait()
