@@ -22,6 +22,7 @@ decoding, so they generate the same tokens and only the serving path differs. A 
     .venv/bin/python benchmarks/serve_rounds.py --model /path/to/model --requests 6
     .venv/bin/python benchmarks/serve_rounds.py --only-replicas     # just 4. (1 vs 2 replicas)
     .venv/bin/python benchmarks/serve_rounds.py --only-cache --context-sentences 95  # ~2k-token prompts
+    .venv/bin/python benchmarks/serve_rounds.py --only-concurrency  # just 2., engine alone beside it
 
 ``--only-cache`` profiles 3. on the engine alone (Serve adds x1.02, measured in 1.): each
 round's latency with the prefix cache off and on, and 1-token requests (a short prompt: the
@@ -29,6 +30,12 @@ fixed cost; the round-1 prompt: the prefill rate). It prints the bound those fig
 the caching speed-up: a cache can at best remove the prefill of the earlier rounds' tokens in
 rounds 2..R, never the decoding or the fixed cost, so with R rounds the speed-up stays < R
 (x3 at 3 rounds only as answers shrink to nothing).
+
+``--only-concurrency`` measures 2. twice in one run: on the engine alone (``AsyncVLLMEngine`` in
+this process, the same requests, the same ``max_num_seqs``) and through Serve + HTTP. The
+engine's own ratio is the ceiling of the server's: on a CPU, batching 16 sequences does not
+make a decoding step 16 times cheaper, and what the server loses below the engine's ratio is
+the serving path's.
 """
 
 from __future__ import annotations
@@ -138,6 +145,34 @@ async def direct_engine(args, queries: list[str]) -> dict:
         for q in queries:
             lat.append(await one(q))
         return {"latency": lat, "tiny": [(await one_token(eng, say(i)))[0] for i in range(5)]}
+    finally:
+        eng.close()
+
+
+async def engine_concurrency(args, batches: list[tuple[list[str], int]]) -> list[tuple]:
+    """(seconds, per-request results) of each (queries, concurrency) on one engine alone,
+    the server's engine settings (``max_num_seqs`` 32), after a warm-up request."""
+    eng = make_engine(args, max_num_seqs=32)
+    sampling = SamplingConfig(max_tokens=args.max_tokens)
+
+    async def gen(msgs):
+        return await eng.generate(msgs, sampling)
+
+    try:
+        await timed_rounds(gen, "warm up the engine", args.rounds)
+        out = []
+        for queries, concurrency in batches:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def guarded(q: str, sem=sem) -> tuple[float, int]:
+                async with sem:
+                    rows = await timed_rounds(gen, q, args.rounds)
+                    return sum(r[0] for r in rows), sum(r[2] for r in rows)
+
+            t0 = time.perf_counter()
+            res = await asyncio.gather(*(guarded(q) for q in queries))
+            out.append((time.perf_counter() - t0, res))
+        return out
     finally:
         eng.close()
 
@@ -351,6 +386,11 @@ def main() -> int:
         action="store_true",
         help="profile only the prefix cache (engine alone, per round, with the bound)",
     )
+    p.add_argument(
+        "--only-concurrency",
+        action="store_true",
+        help="measure only the throughput at --concurrency vs 1, on the engine alone and via Serve",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -389,7 +429,7 @@ def main() -> int:
         return 0
 
     q_reps = [make_query(5000 + i, args.context_sentences) for i in range(args.concurrent_requests)]
-    full = not args.only_replicas
+    full = not (args.only_replicas or args.only_concurrency)
     steps = 5 if full else 2
     done_steps = [0]
 
@@ -402,6 +442,15 @@ def main() -> int:
         stage(f"engine called directly ({n} x {args.rounds}-round requests)")
         direct = asyncio.run(direct_engine(args, q_same))
     d_lat = [x for x, _ in direct.get("latency", [])]
+    eng_conc: list[tuple] = []
+    if args.only_concurrency:
+        stage(
+            f"engine alone: {len(q_conc1)} requests at concurrency 1, {len(q_concN)} at "
+            f"concurrency {args.concurrency}"
+        )
+        eng_conc = asyncio.run(
+            engine_concurrency(args, [(q_conc1, 1), (q_concN, args.concurrency)])
+        )
 
     import ray
     from ray import serve
@@ -446,21 +495,22 @@ def main() -> int:
             deploy(ServeConfig.model_validate(off))
             asyncio.run(run_sequential(url, ["warm up the server"], args))
             o_res = asyncio.run(run_sequential(url, q_same, args))
-        stage(
-            f"{args.replicas} engine replicas (redeploy): {len(q_reps)} requests at "
-            f"concurrency {args.concurrency}"
-        )
-        reps = json.loads(json.dumps(base))
-        reps["app_name"] = "ptr-bench-replicas"
-        reps["engine_deployment"] = {"num_replicas": args.replicas}
-        serve.delete("ptr-bench")
-        deploy(ServeConfig.model_validate(reps))
-        # warm every replica up (each compiles on its first request), then measure
-        asyncio.run(
-            run_concurrent(url, [f"warm up {i}" for i in range(4 * args.replicas)], args, 8)
-        )
-        tR, rR = asyncio.run(run_concurrent(url, q_reps, args, args.concurrency))
-        per_replica = engine_requests_per_replica("ptr-bench-replicas")
+        if not args.only_concurrency:
+            stage(
+                f"{args.replicas} engine replicas (redeploy): {len(q_reps)} requests at "
+                f"concurrency {args.concurrency}"
+            )
+            reps = json.loads(json.dumps(base))
+            reps["app_name"] = "ptr-bench-replicas"
+            reps["engine_deployment"] = {"num_replicas": args.replicas}
+            serve.delete("ptr-bench")
+            deploy(ServeConfig.model_validate(reps))
+            # warm every replica up (each compiles on its first request), then measure
+            asyncio.run(
+                run_concurrent(url, [f"warm up {i}" for i in range(4 * args.replicas)], args, 8)
+            )
+            tR, rR = asyncio.run(run_concurrent(url, q_reps, args, args.concurrency))
+            per_replica = engine_requests_per_replica("ptr-bench-replicas")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -471,7 +521,6 @@ def main() -> int:
     tok1 = sum(t for _, t, *_ in r1) / t1
     tokN = sum(t for _, t, *_ in rN) / tN
     share_1 = later_cache_share(rN)
-    share_R = later_cache_share(rR)
     results.update(
         {
             "throughput_1_rps": thr1,
@@ -480,12 +529,29 @@ def main() -> int:
             "tokens_per_s_1": tok1,
             f"tokens_per_s_{args.concurrency}": tokN,
             "later_round_cache_share_1_replica": share_1,
-            f"later_round_cache_share_{args.replicas}_replicas": share_R,
-            "later_round_cache_share_ratio": share_R / share_1,
-            f"requests_per_replica_{args.replicas}_replicas": per_replica,
-            f"throughput_{args.replicas}_replicas_rps": len(rR) / tR,
         }
     )
+    if eng_conc:
+        (e1, er1), (eN, erN) = eng_conc
+        results.update(
+            {
+                "engine_throughput_1_rps": len(er1) / e1,
+                f"engine_throughput_{args.concurrency}_rps": len(erN) / eN,
+                "engine_throughput_ratio": (len(erN) / eN) / (len(er1) / e1),
+                "engine_tokens_per_s_1": sum(t for _, t in er1) / e1,
+                f"engine_tokens_per_s_{args.concurrency}": sum(t for _, t in erN) / eN,
+            }
+        )
+    else:
+        share_R = later_cache_share(rR)
+        results.update(
+            {
+                f"later_round_cache_share_{args.replicas}_replicas": share_R,
+                "later_round_cache_share_ratio": share_R / share_1,
+                f"requests_per_replica_{args.replicas}_replicas": per_replica,
+                f"throughput_{args.replicas}_replicas_rps": len(rR) / tR,
+            }
+        )
     if full:
         s_lat = [x for x, *_ in s_res]
         o_lat = [x for x, *_ in o_res]
@@ -532,16 +598,28 @@ def main() -> int:
             f"  prefix cache off      {med(o_lat):7.2f} s   ({cached_off} prompt tokens from cache)"
             f"  -> caching speed-up x{results['cache_speedup']:.2f}"
         )
+    if eng_conc:
+        c = args.concurrency
+        print(
+            f"  engine alone c=1      {results['engine_throughput_1_rps']:7.3f} req/s "
+            f"({results['engine_tokens_per_s_1']:.0f} tok/s)"
+        )
+        print(
+            f"  engine alone c={c:<2}     {results[f'engine_throughput_{c}_rps']:7.3f} req/s "
+            f"({results[f'engine_tokens_per_s_{c}']:.0f} tok/s)  -> "
+            f"x{results['engine_throughput_ratio']:.2f} (the ceiling for the server)"
+        )
     print(f"  throughput c=1        {thr1:7.3f} req/s ({tok1:.0f} tok/s)")
     print(
         f"  throughput c={args.concurrency:<2}       {thrN:7.3f} req/s ({tokN:.0f} tok/s)"
-        f"  -> x{results['throughput_ratio']:.2f}"
+        f"  -> x{results['throughput_ratio']:.2f} (goal x6)"
     )
-    print(
-        f"  round-2/3 prompt tokens from cache, c={args.concurrency}: 1 replica {share_1:6.1%}, "
-        f"{args.replicas} replicas {share_R:6.1%}  -> ratio {share_R / share_1:.3f} (goal >= 0.9); "
-        f"requests per replica {per_replica}"
-    )
+    if not eng_conc:
+        print(
+            f"  round-2/3 prompt tokens from cache, c={args.concurrency}: 1 replica "
+            f"{share_1:6.1%}, {args.replicas} replicas {share_R:6.1%}  -> ratio "
+            f"{share_R / share_1:.3f} (goal >= 0.9); requests per replica {per_replica}"
+        )
     print(f"  total wall time {results['wall_s']:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
