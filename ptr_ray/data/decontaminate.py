@@ -12,7 +12,8 @@ An n-gram's hash is a polynomial rolling hash (mod 2^64) of its words' 64-bit ha
 the prefix sums come from one cumulative sum and every n-gram of every size from two prefix
 arrays, and a bit filter of the table's top bits spares most binary searches. The build checks
 every query it reads, and this made the check ~4x cheaper than hashing each joined n-gram
-(175 -> ~60 us per query here). A false match needs a 64-bit collision of the mixed hash.
+(175 -> ~60 us per query here). The index is built the same way over all references laid end
+to end (one prefix array; ~2x faster). A false match needs a 64-bit collision of the mixed hash.
 """
 
 from __future__ import annotations
@@ -60,24 +61,41 @@ def _powers(n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     """(BASE^i, BASE^-i) mod 2^64 for i < n (BASE is odd, so it has an inverse mod 2^64)."""
     if _POWERS[0].size < n:
         size = max(n, 2 * _POWERS[0].size, 1024)
-        up, down, inv = [1], [1], pow(_BASE, -1, 1 << 64)
-        for _ in range(size - 1):
-            up.append(up[-1] * _BASE & _MASK)
-            down.append(down[-1] * inv & _MASK)
-        _POWERS[:] = [np.array(up, np.uint64), np.array(down, np.uint64)]
+        with np.errstate(over="ignore"):
+            up = np.cumprod(np.full(size, _BASE, dtype=np.uint64), dtype=np.uint64)
+            inv = np.uint64(pow(_BASE, -1, 1 << 64))
+            down = np.cumprod(np.full(size, inv, dtype=np.uint64), dtype=np.uint64)
+        one: npt.NDArray[np.uint64] = np.ones(1, np.uint64)
+        _POWERS[:] = [np.concatenate((one, up[:-1])), np.concatenate((one, down[:-1]))]
     return _POWERS[0][:n], _POWERS[1][:n]
 
 
-def _prefixes(toks: list[str]) -> npt.NDArray[np.uint64]:
-    """P[0] = 0, P[i+1] = P[i] * BASE + hash(word i) (mod 2^64), i.e.
-    P[i+1] = BASE^i * sum_{j<=i} hash(word j) * BASE^-j: one cumulative sum, no Python loop."""
-    n = len(toks)
-    h = np.fromiter((_word_hash(t) for t in toks), dtype=np.uint64, count=n)
-    up, down = _powers(n)
-    out: npt.NDArray[np.uint64] = np.zeros(n + 1, dtype=np.uint64)
+def _prefix_of_hashes(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """P[0] = 0, P[i+1] = P[i] * BASE + h[i] (mod 2^64), i.e.
+    P[i+1] = BASE^i * sum_{j<=i} h[j] * BASE^-j: one cumulative sum, no Python loop."""
+    up, down = _powers(h.size)
+    out: npt.NDArray[np.uint64] = np.zeros(h.size + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         out[1:] = np.cumsum(h * down, dtype=np.uint64) * up
     return out
+
+
+def _prefixes(toks: list[str]) -> npt.NDArray[np.uint64]:
+    """The prefix hashes of a word list (see :func:`_prefix_of_hashes`)."""
+    h = np.fromiter((_word_hash(t) for t in toks), dtype=np.uint64, count=len(toks))
+    return _prefix_of_hashes(h)
+
+
+def _window_hashes(
+    prefix: npt.NDArray[np.uint64], starts: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """Hashes of the windows [start, start + size) of the words behind ``prefix``, mixed.
+
+    A window's hash depends only on its own words (P[s+k] - P[s] * BASE^k), so one prefix
+    over many texts laid end to end serves every window that stays inside one text."""
+    up, _ = _powers(int(sizes.max()) + 1 if sizes.size else 1)
+    with np.errstate(over="ignore"):
+        return mix64(prefix[starts + sizes] - prefix[starts] * up[sizes])
 
 
 def _gram_hashes(prefix: npt.NDArray[np.uint64], sizes: Iterable[int]) -> npt.NDArray[np.uint64]:
@@ -98,25 +116,35 @@ class NgramDecontaminator:
         if n < 1:
             raise PtrRayValueError(f"decontamination n-gram size must be >= 1, got {n}")
         self.n, self.min_words = n, min(min_words, n)
-        hashes: list[npt.NDArray[np.uint64]] = []
-        lengths: set[int] = set()
         self._exact: set[int] = set()
-        self.num_references = 0
+        tokens: list[list[str]] = []
         for text in references:
-            toks = words(text)
-            self.num_references += 1
+            tokens.append(words(text))
             if text.strip():
                 self._exact.add(exact_key(text))
-            if len(toks) >= n:
-                hashes.append(_gram_hashes(_prefixes(toks), [n]))
-                lengths.add(n)
-            elif len(toks) >= self.min_words:
-                hashes.append(_gram_hashes(_prefixes(toks), [len(toks)]))
-                lengths.add(len(toks))
-        self._table: npt.NDArray[np.uint64] = np.unique(
-            np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+        self.num_references = len(tokens)
+        # every reference's words end to end, one prefix array; then the windows: each
+        # n-gram of a long reference, the whole of a short one (min_words..n-1 words)
+        lens = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        flat = np.fromiter(
+            (_word_hash(w) for t in tokens for w in t), dtype=np.uint64, count=int(lens.sum())
         )
-        self._lengths = sorted(lengths)
+        prefix = _prefix_of_hashes(flat)
+        offsets = np.cumsum(lens) - lens
+        long = lens >= n
+        counts = lens[long] - n + 1
+        first: npt.NDArray[np.int64] = np.repeat(offsets[long], counts)
+        step = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(counts) - counts, counts
+        )
+        short = (lens >= self.min_words) & ~long
+        starts = np.concatenate((first + step, offsets[short]))
+        sizes = np.concatenate((np.full(first.size, n, dtype=np.int64), lens[short]))
+        grams = np.sort(_window_hashes(prefix, starts, sizes))  # np.unique hashes first: 6x slower
+        self._table: npt.NDArray[np.uint64] = grams[
+            np.concatenate(([True], grams[1:] != grams[:-1])) if grams.size else []
+        ]
+        self._lengths = sorted({int(x) for x in lens[short]} | ({n} if long.any() else set()))
         # A 2^26-bit filter of the table's top bits (8 MB, ~1-2 % set): most of a query's
         # n-grams miss it, and only the few left are searched in the sorted table (3x faster).
         self._filter: npt.NDArray[np.uint8] = np.zeros(1 << (_FILTER_BITS - 3), dtype=np.uint8)
