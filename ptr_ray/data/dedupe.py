@@ -5,6 +5,11 @@ ShareGPT holds many re-asked questions ("write a poem about..." with one word ch
 on twenty copies of one question teaches little and skews the mix, so near-duplicates go too.
 Both dedupers can be seeded with queries already written by an earlier run, so a resumed run
 never adds a near-copy of a row it already has.
+
+These are the sequential, one-process rule (each row against the rows kept before it). The
+build itself runs the distributed rule of :mod:`ptr_ray.datagen.prepare` (same parameters;
+:mod:`ptr_ray.data.minhash` signatures, connected components over confirmed pairs), which
+differs only for chains of near-copies; :func:`shingles` is shared by both.
 """
 
 from __future__ import annotations

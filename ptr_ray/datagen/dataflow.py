@@ -1,6 +1,6 @@
 """``ptr-ray build``: PTR's thought-data construction as a Ray Data pipeline.
 
-    sources ─► read/clean/dedupe/decontaminate (driver, one streaming pass)
+    sources ─► Ray Data: read/clean/dedupe/decontaminate (prepare.py; rejects to the driver)
             ─► Ray Data: WeakThoughts pool(s) ─► StrongAnswers pool ─► consistency pool
             ─► driver: sharded record files + rejects.jsonl + stats.json + meta.json
 
@@ -33,8 +33,8 @@ from ptr_ray.datagen.actors import (
     WeakThoughts,
     reference_answers,
 )
-from ptr_ray.datagen.candidates import Candidate, prepare_candidates
 from ptr_ray.datagen.metrics import BuildMetrics, progress_of
+from ptr_ray.datagen.prepare import check_sources, prepare_candidates
 from ptr_ray.datagen.results import (
     Tally,
     strong_answers_label,
@@ -42,7 +42,7 @@ from ptr_ray.datagen.results import (
     to_record,
     weak_stages,
 )
-from ptr_ray.datagen.rows import SCHEMA, new_row, to_table
+from ptr_ray.datagen.rows import SCHEMA, from_candidates
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.ray_utils import init_ray
 
@@ -116,17 +116,14 @@ def dataset_name(cfg: BuildConfig) -> str:
     return "ptr-build-" + re.sub(r"[^A-Za-z0-9_.+-]+", "-", folder)
 
 
-def build_dataset(cfg: BuildConfig, candidates: list[Candidate]):
-    """The lazy Ray Data pipeline over the prepared candidates."""
-    import ray
-
-    rows = [
-        new_row(id=c.id, query=c.query, source=c.source, kind=c.kind, ref_answer=c.ref_answer)
-        for c in candidates
-    ]
-    table = to_table(rows)
+def build_dataset(cfg: BuildConfig, candidates: Any):
+    """The lazy Ray Data pipeline over the prepared candidates (``Prepared.candidates``, a
+    dataset over blocks already in Ray's object store)."""
     bs = cfg.weak.pool.batch_size
-    ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table])
+    # one weak batch per block, so every actor of a pool gets work (prepared blocks are big)
+    ds = candidates.map_batches(
+        from_candidates, batch_size=None, batch_format="pyarrow"
+    ).repartition(target_num_rows_per_block=bs)
     # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
     # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
     # (tests/datagen/test_dataflow.py kills one). Passing them again is deprecated in Ray 2.60.
@@ -242,23 +239,28 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
     kinds = {"ptr": 0, "sft": 0}
     prepared = None
     seen = 0
+    started = False
     try:
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(resolve_model(cfg.weak.models[0].model))
         seconds["tokenizer"] = time.time() - t0
+        check_sources(cfg)
+        t1 = time.time()
+        # preprocessing runs on Ray Data too, so Ray starts first (even for a build with
+        # nothing left to generate)
+        started = init_ray(cfg.ray, min_cpus=cpus_needed(cfg))
+        seconds["ray_init"] = time.time() - t1
+        import ray
+
+        t0 = time.time()
         prepared = prepare_candidates(cfg, tokenizer_counter(tok), existing, rejects)
         seconds.update(prepared.seconds)
         seconds["prepare_total"] = time.time() - t0
         writer = output.ShardWriter(out, run_id, cfg.output.format, cfg.output.rows_per_shard)
-        if prepared.candidates:
-            t1 = time.time()
-            started = init_ray(cfg.ray, min_cpus=cpus_needed(cfg))
-            seconds["ray_init"] = time.time() - t1
+        if prepared.num_candidates:
             if metrics.attach():
                 metrics.report(progress_of(prepared, rejects, tally, kinds, seen))
             try:
-                import ray
-
                 ctx = ray.data.DataContext.get_current()
                 ctx.enable_progress_bars = True
                 t2 = time.time()
@@ -302,8 +304,6 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                     log.debug("no Ray Data stats", exc_info=True)
             finally:
                 metrics.close()
-                if started:
-                    ray.shutdown()
         stats["status"] = "finished"
     except BaseException as e:
         stats["status"] = (
@@ -313,6 +313,12 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         )
         raise
     finally:
+        if prepared is not None:
+            prepared.candidates = None  # its blocks go with the Ray instance
+        if started:
+            import ray
+
+            ray.shutdown()
         if writer is not None:
             writer.close()
         rejects.close()
@@ -322,7 +328,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
         skipped = prepared.skipped_existing if prepared else 0
         rows_out = writer.rows if writer else 0
         strong_answers = strong_answers_label(
-            cfg, {c.source for c in prepared.candidates} if prepared else set()
+            cfg, set(prepared.candidate_sources) if prepared else set()
         )
         stats.update(
             {
@@ -337,7 +343,7 @@ def _run_locked(cfg: BuildConfig, out: Path, t_start: float) -> Path:
                 "dropped_total": rejects.total,
                 "dropped_by_stage": rejects.by_stage,
                 # candidates that never came back from the pipeline (an interrupted run)
-                "pending": len(prepared.candidates) - seen if prepared else 0,
+                "pending": prepared.num_candidates - seen if prepared else 0,
                 "tokens": tally.token_stats(),
                 "consistency": summary(tally.consistency),
                 "wall_time_s": {k: round(v, 3) for k, v in seconds.items()},

@@ -197,7 +197,7 @@ def progress_of(
     return BuildProgress(
         rows_in=prepared.rows_in,
         skipped=prepared.skipped_existing,
-        queued=len(prepared.candidates),
+        queued=prepared.num_candidates,
         returned=seen,
         rows_out=dict(kinds),
         dropped=rejects.by_stage,

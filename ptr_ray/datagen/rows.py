@@ -75,3 +75,20 @@ def share_time(rows: list[dict[str, Any]], column: str, seconds: float) -> None:
         each = seconds / len(rows)
         for r in rows:
             r[column] = float(r[column] or 0.0) + each
+
+
+def from_candidates(table: pa.Table) -> pa.Table:
+    """Ray Data map: prepared candidates (id, query, source, kind, ref_answer, ...) as pipeline
+    rows with every other column at its starting value (:func:`new_row`'s defaults)."""
+    n = table.num_rows
+    cols: dict[str, Any] = {}
+    for f in SCHEMA:
+        if f.name in ("id", "query", "source", "kind", "ref_answer"):
+            cols[f.name] = table.column(f.name).cast(f.type)
+        elif f.name in _LISTS:
+            cols[f.name] = pa.array([[]] * n, f.type)
+        elif f.name in _ZERO:
+            cols[f.name] = pa.array([0] * n, f.type)
+        else:
+            cols[f.name] = pa.nulls(n, f.type)
+    return pa.table(cols, schema=SCHEMA)

@@ -1,4 +1,4 @@
-"""Input rows through the build's read pass (datagen/candidates.py over data/queries.py): a line
+"""Input rows through the build's read pass (datagen/prepare.py over data/queries.py): a line
 that JSON cannot parse, however it fails, is a counted and logged rejection, never a crash; a
 byte-order mark on row 1 is not a rejection."""
 
@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ptr_ray.config import BuildConfig
 from ptr_ray.datagen import output
-from ptr_ray.datagen.candidates import prepare_candidates
+from ptr_ray.datagen.prepare import prepare_candidates
 
 Q1 = "How do I bake sourdough bread at home with a simple starter?"
 Q2 = "Explain the difference between TCP and UDP for a video call app."
 
 
-def test_deep_nesting_non_utf8_and_bom_lines_in_a_build(tmp_path):
+@pytest.mark.integration
+def test_deep_nesting_non_utf8_and_bom_lines_in_a_build(ray_local, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(
         b"\xef\xbb\xbf"
@@ -40,9 +43,10 @@ def test_deep_nesting_non_utf8_and_bom_lines_in_a_build(tmp_path):
     log = output.RejectLog(out, "r1", set())
     prep = prepare_candidates(cfg, lambda t: len(t.split()), output.Existing(), log)
     log.close()
-    assert [c.query for c in prep.candidates] == [Q1, Q2]
+    cands = sorted(prep.candidates.take_all(), key=lambda r: r["order"])
+    assert [c["query"] for c in cands] == [Q1, Q2]
     assert log.counts == {"malformed_json": 1, "not_utf8": 1}
-    assert prep.rows_in == len(prep.candidates) + log.total == 4
+    assert prep.rows_in == prep.num_candidates + log.total == 4
     logged = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     deep = next(e for e in logged if e["reason"] == "malformed_json")
     assert deep["where"] == "in.jsonl:2" and "nested too deeply" in deep["detail"]

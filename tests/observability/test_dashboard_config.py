@@ -181,9 +181,8 @@ def test_named_stage_keeps_the_class_and_travels_by_value():
 
 def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
     """The operator names the dashboard's Jobs/Actors views show, from the build's plan (no
-    Ray started: the plan is lazy and ``from_arrow`` / ``map_batches`` are recorded)."""
+    Ray started: the plan is lazy and its ``map_batches`` calls are recorded)."""
     from ptr_ray.datagen import dataflow
-    from ptr_ray.datagen.candidates import Candidate
 
     calls: list[str] = []
 
@@ -194,11 +193,13 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
             calls.append(fn.__name__)
             return self
 
+        def repartition(self, **kwargs):
+            return self
+
         def set_name(self, name):
             self.name = name
 
     fake = types.ModuleType("ray")
-    fake.data = types.SimpleNamespace(from_arrow=lambda blocks: FakeDataset())  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setattr(dataflow, "_compute", lambda pool: None)
     engine = {"model": "builtin:smollm2-135m"}
@@ -210,9 +211,9 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
             "output": {"path": str(tmp_path / "my data")},
         }
     )
-    c = Candidate(id="1", query="q", source="s", kind="ptr", ref_answer=None)
-    ds = dataflow.build_dataset(cfg, [c])
+    ds = dataflow.build_dataset(cfg, FakeDataset())  # the prepared candidates' dataset
     assert calls == [
+        "from_candidates",
         "WeakThoughts[round1-smollm2-135m]",
         "WeakThoughts[round2-tiny]",
         "StrongAnswers[qwen2.5-coder-0.5b]",
@@ -224,7 +225,7 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
         cfg.model_copy(
             update={"consistency": cfg.consistency.model_copy(update={"method": "embedding"})}
         ),
-        [c],
+        FakeDataset(),
     )
     assert calls[-1].startswith("EmbeddingConsistency[")
 

@@ -173,7 +173,7 @@ def test_without_ray_attach_is_false_and_report_is_a_no_op():
 
 
 def test_progress_of_reads_the_builds_own_objects():
-    prepared = SimpleNamespace(rows_in=9, skipped_existing=2, candidates=[1, 2, 3])
+    prepared = SimpleNamespace(rows_in=9, skipped_existing=2, num_candidates=3)
     rejects = SimpleNamespace(by_stage={"generate": {"prompt_too_long": 1}})
     tally = SimpleNamespace(token_stats=lambda: {"weak": {"m": {"generated": 5}}})
     p = progress_of(prepared, rejects, tally, {"ptr": 1, "sft": 0}, seen=2)
