@@ -145,8 +145,13 @@ class RejectLog:
         query: str | None = None,
         detail: str = "",
         raw: str = "",
+        remember: bool = True,
         **extra: Any,
     ) -> None:
+        """Count the rejection and log it unless an earlier run (or, with ``remember``, this
+        one) logged it. ``remember=False`` is for stages that see each input row once per run
+        (preprocessing): their keys cannot repeat within the run, and keeping them would make
+        the driver's memory grow with the rows read."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         st = self.by_stage.setdefault(stage, {})
         st[reason] = st.get(reason, 0) + 1
@@ -165,7 +170,8 @@ class RejectLog:
         key = reject_key(entry)
         if key in self.known:
             return  # logged by an earlier run already; still counted for this run's stats
-        self.known.add(key)
+        if remember:
+            self.known.add(key)
         self._f.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
     def flush(self) -> None:

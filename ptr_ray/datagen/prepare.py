@@ -374,4 +374,5 @@ def _account(batch: pa.Table, out: Prepared, rejects: RejectLog) -> None:
             query=row["query"],
             detail=row["detail"] or "",
             raw=row["raw"] or "",
+            remember=False,  # each row read is rejected at most once per run
         )

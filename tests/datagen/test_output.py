@@ -109,3 +109,20 @@ def test_scan_cuts_torn_last_reject_line_and_reads_bom(tmp_path):
     ex = output.scan(tmp_path)
     assert ex.final_reject_ids == {"abc"} and ex.repaired == [output.REJECTS_FILE]
     assert (tmp_path / output.REJECTS_FILE).read_bytes().endswith(b"\n")
+
+
+def test_reject_log_need_not_remember_this_runs_keys(tmp_path):
+    """Preprocessing rejects each row read at most once per run: its keys are not kept (the
+    driver's memory would grow with the rows), while earlier runs' keys still stop repeats."""
+    old = output.RejectLog(tmp_path, "r1", known=set())
+    old.add("read", "malformed_json", source="f", where="f:1")
+    old.close()
+    log = output.RejectLog(tmp_path, "r2", known=output.scan(tmp_path).reject_keys)
+    known = set(log.known)
+    log.add("read", "malformed_json", source="f", where="f:1", remember=False)
+    log.add("read", "malformed_json", source="f", where="f:2", remember=False)
+    log.add("generate", "low_consistency", id="a", query="q")
+    log.close()
+    assert log.known == known | {"low_consistency|a||"}
+    assert log.counts == {"malformed_json": 2, "low_consistency": 1}
+    assert len((tmp_path / output.REJECTS_FILE).read_text().splitlines()) == 3
