@@ -102,6 +102,7 @@ def make_query(i: int, context_sentences: int) -> str:
 def make_engine(args, **overrides):
     from ptr_ray.engine import AsyncVLLMEngine
 
+    overrides.setdefault("enforce_eager", not args.compile)
     return AsyncVLLMEngine(
         EngineConfig(model=args.model, max_model_len=args.max_model_len, **overrides)
     )
@@ -391,6 +392,11 @@ def main() -> int:
         action="store_true",
         help="measure only the throughput at --concurrency vs 1, on the engine alone and via Serve",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="engines with enforce_eager=false (vLLM compiles the model: slower start)",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -466,7 +472,12 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = {
-        "engine": {"model": args.model, "max_model_len": args.max_model_len, "max_num_seqs": 32},
+        "engine": {
+            "model": args.model,
+            "max_model_len": args.max_model_len,
+            "max_num_seqs": 32,
+            "enforce_eager": not args.compile,
+        },
         "max_tokens_cap": max(1024, args.max_tokens),
         "app_name": "ptr-bench",
         "ingress_deployment": {"max_ongoing_requests": 64, "max_queued_requests": 256},
