@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -37,6 +38,17 @@ def _reject(row: dict[str, Any], reason: str, detail: str = "") -> None:
     row["reject"], row["reject_detail"] = reason, detail[:500]
 
 
+def _start_engine(cfg: EngineConfig, role: str) -> tuple[Any, int]:
+    """An engine for an actor (``role``: the label of its metrics) and its context length."""
+    from ptr_ray.engine import make_engine
+
+    t0 = time.time()
+    engine = make_engine(cfg, role=role)
+    max_len = int(getattr(engine, "max_model_len", cfg.max_model_len or 2048))
+    log.info("%s actor: %s ready in %.1fs (pid %d)", role, cfg.model, time.time() - t0, os.getpid())
+    return engine, max_len
+
+
 class _EngineStage:
     """Shared set-up: the engine and the batch-time bookkeeping."""
 
@@ -44,19 +56,8 @@ class _EngineStage:
     stage = "engine"  # for logs (Ray wraps the class, so its __name__ is not ours)
 
     def __init__(self, engine: EngineConfig) -> None:
-        from ptr_ray.engine import make_engine
-
-        t0 = time.time()
         self.engine_cfg = engine
-        self.engine = make_engine(engine, role=self.stage)  # role: the label of its metrics
-        self.max_len = int(getattr(self.engine, "max_model_len", engine.max_model_len or 2048))
-        log.info(
-            "%s actor: %s ready in %.1fs (pid %d)",
-            self.stage,
-            engine.model,
-            time.time() - t0,
-            os.getpid(),
-        )
+        self.engine, self.max_len = _start_engine(engine, self.stage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -95,6 +96,12 @@ class WeakThoughts(_EngineStage):
     paper's Eq. 1 and its authors' code do: one engine call with ``n = rounds`` samples per
     query (so the prompt is processed, and counted in ``weak_prompt_tokens``, once: on the
     first of the row's new thoughts).
+
+    Several weak models (``alternate``: the models after ``engine``) take turns: a row's
+    thought i (counting its earlier ones) comes from model ``i % len(models)``. The actor holds
+    one engine per model for every round, so each model is loaded once per actor: with a pool
+    per round, a model used in rounds 1 and 3 was loaded twice, and one pool per model cannot
+    serve successive thoughts, whose round t waits on round t-1 of the other model.
     """
 
     time_column = "t_weak"
@@ -107,14 +114,33 @@ class WeakThoughts(_EngineStage):
         sampling: SamplingConfig,
         prompt: PromptConfig,
         thought_mode: str = "successive",
+        alternate: Sequence[EngineConfig] = (),
     ) -> None:
-        super().__init__(engine)
         if thought_mode not in ("successive", "independent"):
             raise ConfigError(
                 f"weak.thought_mode must be successive or independent, got {thought_mode!r}"
             )
+        super().__init__(engine)
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
         self.independent = thought_mode == "independent"
+        self.alternate = list(alternate)
+        started = [_start_engine(e, self.stage) for e in self.alternate]
+        self.other_engines = [e for e, _ in started]
+        self.other_max_lens = [n for _, n in started]
+
+    @property
+    def engines(self) -> list[Any]:
+        """The engine of each weak model, in turn order (``self.engine`` first)."""
+        return [self.engine, *self.other_engines]
+
+    @property
+    def max_lens(self) -> list[int]:
+        return [self.max_len, *self.other_max_lens]
+
+    def __del__(self) -> None:
+        for engine in getattr(self, "other_engines", []):
+            engine.close()
+        super().__del__()
 
     def wants(self, row: dict[str, Any]) -> bool:
         return row["kind"] == "ptr"
@@ -126,6 +152,11 @@ class WeakThoughts(_EngineStage):
             row["query"], row["thoughts"], self.prompt.refine_instruction, self.prompt.system_prompt
         )
 
+    def _turns(self, row: dict[str, Any]) -> list[int]:
+        """The engine index of each of the row's new thoughts."""
+        start, m = len(row["thoughts"]), len(self.engines)
+        return [(start + t) % m for t in range(self.rounds)]
+
     def process(self, rows: list[dict[str, Any]]) -> None:
         fits = []
         # Successive: worst case the last round's prompt holds every new thought at max_tokens
@@ -136,35 +167,27 @@ class WeakThoughts(_EngineStage):
             if self.independent
             else self.rounds * (self.sampling.max_tokens + 32)
         )
+        engines, max_lens = self.engines, self.max_lens
         for r in rows:
-            n = _prompt_len(self.engine.tokenizer, self._conversation(r))
-            if n + budget > self.max_len:
-                _reject(
-                    r,
-                    "prompt_too_long",
-                    f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context {self.max_len}",
-                )
+            conv = self._conversation(r)
+            for j in sorted(set(self._turns(r))):  # every model the row will meet
+                n = _prompt_len(engines[j].tokenizer, conv)
+                if n + budget > max_lens[j]:
+                    which = f" of {self.alternate[j - 1].model}" if j else ""
+                    _reject(
+                        r,
+                        "prompt_too_long",
+                        f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context "
+                        f"{max_lens[j]}{which}",
+                    )
+                    break
             else:
                 fits.append(r)
         if not fits:
             return
         if self.independent:
-            gens = self.engine.generate(
-                [self._conversation(r) for r in fits],
-                self.sampling.model_copy(update={"n": self.rounds}),
-            )
-            for r, g in zip(fits, gens, strict=True):
-                for i, c in enumerate(g.completions):
-                    first = i == 0
-                    self._add(
-                        r,
-                        c.text,
-                        c.tokens,
-                        g.prompt_tokens if first else 0,
-                        g.cached_tokens if first else 0,
-                        c.finish_reason,
-                    )
-        else:
+            self._independent(fits)
+        elif len(engines) == 1:
             results = refine_batch(
                 self.engine,
                 [r["query"] for r in fits],
@@ -183,10 +206,64 @@ class WeakThoughts(_EngineStage):
                         rr.cached_tokens,
                         rr.finish_reason,
                     )
+        else:  # models take turns: one batched call per round and model
+            m = len(engines)
+            for _ in range(self.rounds):
+                turn: dict[int, list[dict[str, Any]]] = {}
+                for r in fits:  # whose turn, fixed before this round adds any thought
+                    turn.setdefault(len(r["thoughts"]) % m, []).append(r)
+                for j, group in sorted(turn.items()):
+                    results = refine_batch(
+                        engines[j],
+                        [r["query"] for r in group],
+                        1,
+                        self.sampling,
+                        self.prompt,
+                        history=[r["thoughts"] for r in group],
+                    )
+                    for r, res in zip(group, results, strict=True):
+                        for rr in res.rounds:
+                            self._add(
+                                r,
+                                rr.answer,
+                                rr.tokens,
+                                rr.prompt_tokens,
+                                rr.cached_tokens,
+                                rr.finish_reason,
+                            )
         for r in fits:
             empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
             if empty:
                 _reject(r, "empty_thought", f"thought {empty[0]} is empty")
+
+    def _independent(self, fits: list[dict[str, Any]]) -> None:
+        """One call per model and sample count, ``n`` samples each; the prompt tokens go on the
+        first thought each call wrote for a row (the prompt was processed once per call)."""
+        turns = [self._turns(r) for r in fits]
+        samples: list[dict[int, list[tuple[Any, bool, Any]]]] = [{} for _ in fits]
+        for j, engine in enumerate(self.engines):
+            by_n: dict[int, list[int]] = {}
+            for i, plan in enumerate(turns):
+                if plan.count(j):
+                    by_n.setdefault(plan.count(j), []).append(i)
+            for n, idx in by_n.items():
+                gens = engine.generate(
+                    [self._conversation(fits[i]) for i in idx],
+                    self.sampling.model_copy(update={"n": n}),
+                )
+                for i, g in zip(idx, gens, strict=True):
+                    samples[i][j] = [(c, k == 0, g) for k, c in enumerate(g.completions)]
+        for r, plan, got in zip(fits, turns, samples, strict=True):
+            for j in plan:
+                c, first, g = got[j].pop(0)
+                self._add(
+                    r,
+                    c.text,
+                    c.tokens,
+                    g.prompt_tokens if first else 0,
+                    g.cached_tokens if first else 0,
+                    c.finish_reason,
+                )
 
     @staticmethod
     def _add(

@@ -1,7 +1,7 @@
 """``ptr-ray build``: PTR's thought-data construction as a Ray Data pipeline.
 
     sources ─► Ray Data: read/clean/dedupe/decontaminate (prepare.py; rejects to the driver)
-            ─► Ray Data: WeakThoughts pool(s) ─► StrongAnswers pool ─► consistency pool
+            ─► Ray Data: WeakThoughts pool ─► StrongAnswers pool ─► consistency pool
             ─► driver: sharded record files + rejects.jsonl + stats.json + meta.json
 
 The weak and strong engines live in separate actor pools, each sized from its own config
@@ -40,7 +40,7 @@ from ptr_ray.datagen.results import (
     strong_answers_label,
     summary,
     to_record,
-    weak_stages,
+    weak_engines,
 )
 from ptr_ray.datagen.rows import SCHEMA, from_candidates
 from ptr_ray.errors import PtrRayValueError
@@ -56,7 +56,7 @@ class BuildError(PtrRayValueError):
 def cpus_needed(cfg: BuildConfig) -> int:
     """Logical CPUs the actor pools take at their initial size (a local instance gets at least
     this many, so every pool can be scheduled; on 2 cores they time-share)."""
-    total = sum(e.num_cpus * cfg.weak.pool.replicas for e, _ in weak_stages(cfg))
+    total = sum(e.num_cpus for e in weak_engines(cfg)) * cfg.weak.pool.replicas
     if cfg.strong.source == "model":
         total += cfg.strong.model.num_cpus * cfg.strong.pool.replicas
     if cfg.consistency.method == "embedding":
@@ -76,17 +76,26 @@ def _compute(pool: PoolConfig):
     return ActorPoolStrategy(size=pool.replicas)
 
 
-def _resources(engine: EngineConfig) -> dict[str, Any]:
-    if engine.num_gpus > 0 and engine.tensor_parallel_size > engine.num_gpus:
-        raise ConfigError(
-            f"{engine.model}: tensor_parallel_size {engine.tensor_parallel_size} needs num_gpus >= "
-            f"{engine.tensor_parallel_size} per actor (got {engine.num_gpus})"
-        )
-    res: dict[str, Any] = {"num_cpus": engine.num_cpus}
-    if engine.num_gpus > 0:
-        res["num_gpus"] = engine.num_gpus
-    if engine.resources:  # custom resources pin the pool to the nodes advertising them
-        res["resources"] = dict(engine.resources)
+def _resources(*engines: EngineConfig) -> dict[str, Any]:
+    """An actor's Ray resources for the engines it holds: the sum of their CPUs and GPUs, and
+    the most of each custom resource any asks for (those name node types, not amounts used)."""
+    for engine in engines:  # a share of one GPU is fine for one rank (two small weak models)
+        tp = engine.tensor_parallel_size
+        if engine.num_gpus > 0 and tp > 1 and tp > engine.num_gpus:
+            raise ConfigError(
+                f"{engine.model}: tensor_parallel_size {engine.tensor_parallel_size} needs "
+                f"num_gpus >= {engine.tensor_parallel_size} per actor (got {engine.num_gpus})"
+            )
+    res: dict[str, Any] = {"num_cpus": sum(e.num_cpus for e in engines)}
+    gpus = sum(e.num_gpus for e in engines)
+    if gpus > 0:
+        res["num_gpus"] = gpus
+    custom: dict[str, float] = {}
+    for engine in engines:  # custom resources pin the pool to the nodes advertising them
+        for name, amount in engine.resources.items():
+            custom[name] = max(amount, custom.get(name, 0))
+    if custom:
+        res["resources"] = custom
     return res
 
 
@@ -127,26 +136,24 @@ def build_dataset(cfg: BuildConfig, candidates: Any):
     # Actor fault tolerance: Ray Data gives map_batches actors max_restarts=-1 and
     # max_task_retries=-1 by default, so a killed actor is restarted and its batch retried
     # (tests/datagen/test_dataflow.py kills one). Passing them again is deprecated in Ray 2.60.
-    stages = weak_stages(cfg)
-    for i, (engine, rounds) in enumerate(stages, start=1):
-        label = model_label(engine.model)
-        if len(stages) > 1:  # several weak models alternate, one round each
-            label = f"round{i}-{label}"
-        ds = ds.map_batches(
-            named_stage(WeakThoughts, label),
-            fn_constructor_kwargs=dict(
-                engine=engine,
-                rounds=rounds,
-                sampling=cfg.weak.sampling,
-                prompt=cfg.prompt,
-                thought_mode=cfg.weak.thought_mode,
-            ),
-            batch_size=cfg.weak.pool.batch_size,
-            batch_format="pyarrow",
-            zero_copy_batch=True,
-            compute=_compute(cfg.weak.pool),
-            **_resources(engine),
-        )
+    # One pool for every thought: each actor holds one engine per weak model (they take turns).
+    engines = weak_engines(cfg)
+    ds = ds.map_batches(
+        named_stage(WeakThoughts, "+".join(model_label(e.model) for e in engines)),
+        fn_constructor_kwargs=dict(
+            engine=engines[0],
+            alternate=engines[1:],
+            rounds=cfg.weak.num_thoughts,
+            sampling=cfg.weak.sampling,
+            prompt=cfg.prompt,
+            thought_mode=cfg.weak.thought_mode,
+        ),
+        batch_size=cfg.weak.pool.batch_size,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=_compute(cfg.weak.pool),
+        **_resources(*engines),
+    )
     if cfg.strong.source == "references":  # no strong engine: a cheap task per batch
         ds = ds.map_batches(
             reference_answers,

@@ -15,13 +15,17 @@ from ptr_ray.config import BuildConfig, EngineConfig
 from ptr_ray.records import Record
 
 
-def weak_stages(cfg: BuildConfig) -> list[tuple[EngineConfig, int]]:
-    """(model, rounds) per weak stage: one model does all rounds in one pool; several models
-    alternate, round t on model (t-1) % m, each round its own stage."""
-    models, k = cfg.weak.models, cfg.weak.num_thoughts
-    if len(models) == 1:
-        return [(models[0], k)]
-    return [(models[t % len(models)], 1) for t in range(k)]
+def weak_engines(cfg: BuildConfig) -> list[EngineConfig]:
+    """The weak models a build uses, in turn order: thought t (0-based) comes from model
+    ``t % len(models)``, so with fewer thoughts than models only the first ones are used. One
+    actor pool holds one engine of each (:class:`ptr_ray.datagen.actors.WeakThoughts`)."""
+    return list(cfg.weak.models[: min(cfg.weak.num_thoughts, len(cfg.weak.models))])
+
+
+def weak_round_models(cfg: BuildConfig) -> list[str]:
+    """The model of each thought, in order."""
+    engines = weak_engines(cfg)
+    return [engines[t % len(engines)].model for t in range(cfg.weak.num_thoughts)]
 
 
 def reference_label(source: str) -> str:
@@ -44,9 +48,7 @@ def to_record(row: dict[str, Any], cfg: BuildConfig, run_id: str) -> dict[str, A
     from_reference = references or (
         not ptr and bool(row["ref_answer"]) and row["answer"] == row["ref_answer"]
     )
-    weak_names = sorted(
-        {e.model for e, _ in weak_stages(cfg)}, key=[m.model for m in cfg.weak.models].index
-    )
+    weak_names = list(dict.fromkeys(e.model for e in weak_engines(cfg)))
     meta: dict[str, Any] = {"run": run_id}
     if ptr:
         meta.update(weak_tokens=row["weak_tokens"], weak_finish=row["weak_finish"])
@@ -79,7 +81,7 @@ class Tally:
     """Token and time totals over every generated row (written or rejected)."""
 
     def __init__(self, cfg: BuildConfig) -> None:
-        self.round_models = [e.model for e, r in weak_stages(cfg) for _ in range(r)]
+        self.round_models = weak_round_models(cfg)
         self.tokens: dict[str, dict[str, dict[str, int]]] = defaultdict(
             lambda: defaultdict(lambda: {"prompt": 0, "generated": 0, "cached": 0, "calls": 0})
         )

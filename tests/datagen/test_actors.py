@@ -261,3 +261,85 @@ def test_reference_answers_need_no_engine_and_drop_rows_without_one():
     assert b["answer"] == "Hi." and b["strong_tokens"] == 0
     assert c["reject"] == "no_reference" and "'qs'" in c["reject_detail"] and c["answer"] is None
     assert d["reject"] == "prompt_too_long" and d["answer"] is None
+
+
+@pytest.fixture
+def fake_engines(monkeypatch, tiny_tokenizer):
+    """One FakeEngine per model name, each started once."""
+    import ptr_ray.engine
+
+    engines: dict[str, FakeEngine] = {}
+
+    def make(cfg, role="engine"):
+        assert cfg.model not in engines, f"{cfg.model} started twice"
+        engines[cfg.model] = FakeEngine(tiny_tokenizer, max_model_len=cfg.max_model_len or 512)
+        return engines[cfg.model]
+
+    monkeypatch.setattr(ptr_ray.engine, "make_engine", make)
+    return engines
+
+
+def test_weak_models_take_turns_in_one_actor(fake_engines):
+    stage = WeakThoughts(
+        EngineConfig(model="a"),
+        rounds=3,
+        sampling=SAMPLING,
+        prompt=PromptConfig(),
+        alternate=[EngineConfig(model="b")],
+    )
+    assert list(fake_engines) == ["a", "b"]  # each model started once for all three rounds
+    rows = [
+        new_row(id="x", query="What is 2+2?", kind="ptr"),
+        new_row(
+            id="y",
+            query="Name a color.",
+            kind="ptr",
+            thoughts=["earlier"],  # its next thought is thought 2: model b's turn
+            weak_tokens=[3],
+            weak_prompt_tokens=[9],
+            weak_cached_tokens=[0],
+            weak_finish=["stop"],
+        ),
+    ]
+    x, y = stage(to_table(rows)).to_pylist()
+    a, b = fake_engines["a"], fake_engines["b"]
+    # round by round: x on a, b, a; y on b, a, b; one batched call per model and round
+    assert [len(convs) for convs, _ in a.calls] == [1, 1, 1]
+    assert [len(convs) for convs, _ in b.calls] == [1, 1, 1]
+    assert x["thoughts"] == ["call1 conv0 sample0", "call2 conv0 sample0", "call3 conv0 sample0"]
+    assert [c[0] for c, _ in a.calls][1] == prompts.round_messages(
+        "Name a color.", y["thoughts"][:2]
+    )  # y's thought 3 (a's turn) saw thoughts 1-2, one of them b's
+    assert b.calls[1][0][0] == prompts.round_messages("What is 2+2?", x["thoughts"][:1])
+    assert len(y["thoughts"]) == 4 and y["thoughts"][0] == "earlier"
+
+
+def test_independent_thoughts_of_alternating_models(fake_engines):
+    stage = WeakThoughts(
+        EngineConfig(model="a"),
+        rounds=3,
+        sampling=SAMPLING,
+        prompt=PromptConfig(),
+        thought_mode="independent",
+        alternate=[EngineConfig(model="b")],
+    )
+    (x,) = stage(to_table([new_row(id="x", query="What is 2+2?", kind="ptr")])).to_pylist()
+    a, b = fake_engines["a"], fake_engines["b"]
+    assert [n for _, n in a.calls] == [2] and [n for _, n in b.calls] == [1]  # one call each
+    assert a.calls[0][0] == b.calls[0][0] == [prompts.query_messages("What is 2+2?")]
+    # thoughts in turn order: a, b, a; each call's prompt counted on its first thought
+    assert x["thoughts"] == ["call1 conv0 sample0", "call1 conv0 sample0", "call1 conv0 sample1"]
+    assert x["weak_prompt_tokens"] == [20, 20, 0]
+
+
+def test_a_prompt_too_long_for_either_model_is_rejected(fake_engines):
+    stage = WeakThoughts(
+        EngineConfig(model="a", max_model_len=4096),
+        rounds=2,
+        sampling=SAMPLING,
+        prompt=PromptConfig(),
+        alternate=[EngineConfig(model="b", max_model_len=256)],
+    )
+    (x,) = stage(to_table([new_row(id="x", query="word " * 200, kind="ptr")])).to_pylist()
+    assert x["reject"] == "prompt_too_long" and "context 256 of b" in x["reject_detail"]
+    assert not fake_engines["a"].calls and not fake_engines["b"].calls

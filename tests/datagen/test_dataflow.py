@@ -13,9 +13,10 @@ import pytest
 from filelock import FileLock
 
 from ptr_ray.cli import main as cli_main
-from ptr_ray.config import BuildConfig
+from ptr_ray.config import BuildConfig, ConfigError, EngineConfig
+from ptr_ray.datagen import dataflow
 from ptr_ray.datagen.dataflow import BuildError, run_build
-from ptr_ray.datagen.results import weak_stages
+from ptr_ray.datagen.results import weak_engines, weak_round_models
 from ptr_ray.records import read_records
 from ptr_ray.testing import FaultThread
 
@@ -109,13 +110,33 @@ def check_exactly_once(out: Path, n_good: int) -> tuple[list, list]:
     return records, gen
 
 
-def test_weak_stage_plan():
+def test_weak_models_take_turns_and_each_is_started_once():
     one = BuildConfig.model_validate({"weak": {"num_thoughts": 3}})
-    assert [(e.model, r) for e, r in weak_stages(one)] == [("builtin:smollm2-135m", 3)]
+    assert [e.model for e in weak_engines(one)] == ["builtin:smollm2-135m"]
+    assert weak_round_models(one) == ["builtin:smollm2-135m"] * 3
     two = BuildConfig.model_validate(
-        {"weak": {"num_thoughts": 3, "models": [{"model": "a"}, {"model": "b"}]}}
+        {"weak": {"num_thoughts": 3, "models": [{"model": "a"}, {"model": "b", "num_cpus": 2}]}}
     )
-    assert [(e.model, r) for e, r in weak_stages(two)] == [("a", 1), ("b", 1), ("a", 1)]
+    assert [e.model for e in weak_engines(two)] == ["a", "b"]  # "a" writes rounds 1 and 3
+    assert weak_round_models(two) == ["a", "b", "a"]
+    assert dataflow.cpus_needed(two) == 1 + 2 + 1 + 1 + 1  # weak a+b, strong, embedding, input
+    fewer = BuildConfig.model_validate(
+        {"weak": {"num_thoughts": 1, "models": [{"model": "a"}, {"model": "b"}]}}
+    )
+    assert [e.model for e in weak_engines(fewer)] == ["a"]
+
+
+def test_an_actor_holding_several_engines_asks_for_their_sum():
+    a = EngineConfig(model="a", num_cpus=2, num_gpus=0.5, resources={"pool_vllm": 1})
+    b = EngineConfig(model="b", num_cpus=1, num_gpus=0.25, resources={"pool_vllm": 1, "x": 2})
+    assert dataflow._resources(a, b) == {
+        "num_cpus": 3,
+        "num_gpus": 0.75,
+        "resources": {"pool_vllm": 1, "x": 2},  # node-type markers: the most, not the sum
+    }
+    assert dataflow._resources(EngineConfig(model="c")) == {"num_cpus": 1}
+    with pytest.raises(ConfigError, match="tensor_parallel_size 2 needs num_gpus >= 2"):
+        dataflow._resources(a, EngineConfig(model="d", num_gpus=1, tensor_parallel_size=2))
 
 
 def test_cli_reports_bad_source_in_one_line(tmp_path, tiny_model_dir, capsys):
@@ -431,3 +452,40 @@ def test_reference_build_on_synthetic_queries_starts_no_strong_engine(
     assert stats["balanced"] and stats["rows_out"] == 6
     meta = json.loads((out / "meta.json").read_text())
     assert meta["strong_model"] == "references:synthetic" and meta["thought_mode"] == "independent"
+
+
+def test_two_weak_models_take_turns_in_one_pool(ray_local, tiny_model_dir, tmp_path):
+    """Two weak models, three successive thoughts (a, b, a): one pool whose actors hold both
+    engines; records name both models and the token stats split the rounds between them."""
+    second = tmp_path / "second-model"
+    second.symlink_to(tiny_model_dir)  # another model source for the same weights
+    out = tmp_path / "out"
+    first = make_cfg(tmp_path, tiny_model_dir, "hf", tmp_path / "unused.jsonl", out).weak.models[0]
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "hf",
+        tmp_path / "unused.jsonl",
+        out,
+        sources=[{"kind": "synthetic", "limit": 4}],
+        seed=5,
+        weak={
+            "models": [first, first.model_copy(update={"model": str(second)})],
+            "num_thoughts": 3,
+        },
+        dedupe={"near": False},
+        strong={"source": "references"},
+        consistency={"method": "none"},
+        sft={"fraction": 0.0},
+        decontaminate={"tasks": ["arith"]},
+    )
+    run_build(cfg)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["balanced"], stats
+    records = read_records(out)
+    assert records and all(len(r.thoughts) == 3 for r in records)
+    assert {r.weak_model for r in records} == {f"{tiny_model_dir},{second}"}
+    weak = stats["tokens"]["weak"]
+    rows = len(records) + stats["dropped_by_stage"].get("generate", 0)
+    assert weak[str(tiny_model_dir)]["calls"] == 2 * rows  # thoughts 1 and 3
+    assert weak[str(second)]["calls"] == rows  # thought 2

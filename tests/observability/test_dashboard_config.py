@@ -214,8 +214,7 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
     ds = dataflow.build_dataset(cfg, FakeDataset())  # the prepared candidates' dataset
     assert calls == [
         "from_candidates",
-        "WeakThoughts[round1-smollm2-135m]",
-        "WeakThoughts[round2-tiny]",
+        "WeakThoughts[smollm2-135m+tiny]",  # one pool, the two models take turns
         "StrongAnswers[qwen2.5-coder-0.5b]",
         "JudgeConsistency[qwen2.5-coder-0.5b]",
     ]
