@@ -24,8 +24,8 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from ptr_ray.data.dedupe import shingles
 from ptr_ray.errors import PtrRayValueError
+from ptr_ray.records import normalize_query
 
 _PRIME = np.uint64((1 << 61) - 1)  # Mersenne prime of the universal hash (a*x + b) mod p
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -34,6 +34,14 @@ _MAX_CELLS = 1 << 21  # shingles x permutations computed at once (16 MiB of uint
 Sig: TypeAlias = npt.NDArray[np.uint32]
 U64: TypeAlias = npt.NDArray[np.uint64]
 I64: TypeAlias = npt.NDArray[np.int64]
+
+
+def shingles(text: str, size: int) -> set[bytes]:
+    """Word ``size``-grams of the normalized text (the whole text when it is shorter)."""
+    words = normalize_query(text).split()
+    if len(words) <= size:
+        return {" ".join(words).encode("utf-8")}
+    return {" ".join(words[i : i + size]).encode("utf-8") for i in range(len(words) - size + 1)}
 
 
 @lru_cache(maxsize=64)

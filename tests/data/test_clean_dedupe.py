@@ -6,7 +6,6 @@ import pytest
 
 from ptr_ray.data.clean import Cleaner, clean_text, tokenizer_counter
 from ptr_ray.data.decontaminate import NgramDecontaminator
-from ptr_ray.data.dedupe import ExactDeduper, NearDeduper
 from ptr_ray.data.mix import is_sft
 
 
@@ -67,32 +66,6 @@ def test_cleaning_a_batch_counts_tokens_in_one_call(tiny_tokenizer):
         "too_long",
         "empty_after_clean",
     ]
-
-
-def test_exact_dedupe_normalizes_case_and_space():
-    d = ExactDeduper()
-    assert d.add("What is  Ray?")
-    assert not d.add("what is ray?")
-    assert d.add("What is Ray Data?")
-    seeded = ExactDeduper(existing_ids=d.ids)
-    assert not seeded.add("WHAT IS RAY?")
-
-
-def test_near_dedupe_catches_small_edits_only():
-    d = NearDeduper(threshold=0.7, num_perm=128, shingle_size=3)
-    base = (
-        "Write a short poem about the ocean at night, with waves and stars and a lonely "
-        "lighthouse keeper who waits for ships to come home"
-    )
-    assert d.check_and_add(base) is None
-    assert d.check_and_add(base.replace("short", "brief")) is not None
-    assert (
-        d.check_and_add(
-            "Explain how a transformer language model uses attention to "
-            "weigh the tokens of its context window"
-        )
-        is None
-    )
 
 
 def test_decontaminator_long_and_short_references():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptr_ray.data.dedupe import shingles
 from ptr_ray.data.minhash import (
     MinHasher,
     UnionFind,
@@ -14,6 +13,7 @@ from ptr_ray.data.minhash import (
     jaccard,
     lsh_params,
     runs,
+    shingles,
 )
 from ptr_ray.errors import PtrRayValueError
 
