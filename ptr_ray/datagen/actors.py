@@ -188,24 +188,7 @@ class WeakThoughts(_EngineStage):
         if self.independent:
             self._independent(fits)
         elif len(engines) == 1:
-            results = refine_batch(
-                self.engine,
-                [r["query"] for r in fits],
-                self.rounds,
-                self.sampling,
-                self.prompt,
-                history=[r["thoughts"] for r in fits],
-            )
-            for r, res in zip(fits, results, strict=True):
-                for rr in res.rounds:
-                    self._add(
-                        r,
-                        rr.answer,
-                        rr.tokens,
-                        rr.prompt_tokens,
-                        rr.cached_tokens,
-                        rr.finish_reason,
-                    )
+            self._successive(self.engine, fits, self.rounds)
         else:  # models take turns: one batched call per round and model
             m = len(engines)
             for _ in range(self.rounds):
@@ -213,28 +196,27 @@ class WeakThoughts(_EngineStage):
                 for r in fits:  # whose turn, fixed before this round adds any thought
                     turn.setdefault(len(r["thoughts"]) % m, []).append(r)
                 for j, group in sorted(turn.items()):
-                    results = refine_batch(
-                        engines[j],
-                        [r["query"] for r in group],
-                        1,
-                        self.sampling,
-                        self.prompt,
-                        history=[r["thoughts"] for r in group],
-                    )
-                    for r, res in zip(group, results, strict=True):
-                        for rr in res.rounds:
-                            self._add(
-                                r,
-                                rr.answer,
-                                rr.tokens,
-                                rr.prompt_tokens,
-                                rr.cached_tokens,
-                                rr.finish_reason,
-                            )
+                    self._successive(engines[j], group, 1)
         for r in fits:
             empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
             if empty:
                 _reject(r, "empty_thought", f"thought {empty[0]} is empty")
+
+    def _successive(self, engine: Any, rows: list[dict[str, Any]], rounds: int) -> None:
+        """``rounds`` more refinement rounds of ``rows`` on ``engine``, one batched call each."""
+        results = refine_batch(
+            engine,
+            [r["query"] for r in rows],
+            rounds,
+            self.sampling,
+            self.prompt,
+            history=[r["thoughts"] for r in rows],
+        )
+        for r, res in zip(rows, results, strict=True):
+            for rr in res.rounds:
+                self._add(
+                    r, rr.answer, rr.tokens, rr.prompt_tokens, rr.cached_tokens, rr.finish_reason
+                )
 
     def _independent(self, fits: list[dict[str, Any]]) -> None:
         """One call per model and sample count, ``n`` samples each; the prompt tokens go on the

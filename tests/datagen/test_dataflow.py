@@ -94,6 +94,21 @@ def make_cfg(
     return BuildConfig.model_validate(data)
 
 
+def synthetic_cfg(
+    tmp_path: Path, model_dir: Path, out: Path, limit: int, seed: int, **over
+) -> BuildConfig:
+    """A cheap build: synthetic arithmetic queries, their reference answers, no filter."""
+    base = dict(
+        sources=[{"kind": "synthetic", "limit": limit}],
+        seed=seed,
+        dedupe={"near": False},
+        strong={"source": "references"},
+        consistency={"method": "none"},
+        decontaminate={"tasks": ["arith"]},
+    )
+    return make_cfg(tmp_path, model_dir, "hf", tmp_path / "unused.jsonl", out, **{**base, **over})
+
+
 def read_rejects(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
 
@@ -419,20 +434,15 @@ def test_reference_build_on_synthetic_queries_starts_no_strong_engine(
     from ptr_ray.data import synthetic
 
     out = tmp_path / "out"
-    cfg = make_cfg(
+    cfg = synthetic_cfg(
         tmp_path,
         tiny_model_dir,
-        "hf",
-        tmp_path / "unused.jsonl",
         out,
-        sources=[{"kind": "synthetic", "limit": 6}],
+        limit=6,
         seed=3,
         weak={"thought_mode": "independent"},
-        dedupe={"near": False},
         strong={"source": "references", "model": {"model": str(tmp_path / "no-such-model")}},
-        consistency={"method": "none"},
         sft={"fraction": 0.3},
-        decontaminate={"tasks": ["arith"]},
     )
     run_build(cfg)
     solutions = {p.question: p.solution for p in synthetic.generate("train", 6, seed=3)}
@@ -460,24 +470,18 @@ def test_two_weak_models_take_turns_in_one_pool(ray_local, tiny_model_dir, tmp_p
     second = tmp_path / "second-model"
     second.symlink_to(tiny_model_dir)  # another model source for the same weights
     out = tmp_path / "out"
-    first = make_cfg(tmp_path, tiny_model_dir, "hf", tmp_path / "unused.jsonl", out).weak.models[0]
-    cfg = make_cfg(
+    first = synthetic_cfg(tmp_path, tiny_model_dir, out, limit=4, seed=5).weak.models[0]
+    cfg = synthetic_cfg(
         tmp_path,
         tiny_model_dir,
-        "hf",
-        tmp_path / "unused.jsonl",
         out,
-        sources=[{"kind": "synthetic", "limit": 4}],
+        limit=4,
         seed=5,
         weak={
             "models": [first, first.model_copy(update={"model": str(second)})],
             "num_thoughts": 3,
         },
-        dedupe={"near": False},
-        strong={"source": "references"},
-        consistency={"method": "none"},
         sft={"fraction": 0.0},
-        decontaminate={"tasks": ["arith"]},
     )
     run_build(cfg)
     stats = json.loads((out / "stats.json").read_text())
