@@ -161,19 +161,12 @@ async def engine_concurrency(args, batches: list[tuple[list[str], int]]) -> list
 
     try:
         await timed_rounds(gen, "warm up the engine", args.rounds)
-        out = []
-        for queries, concurrency in batches:
-            sem = asyncio.Semaphore(concurrency)
 
-            async def guarded(q: str, sem=sem) -> tuple[float, int]:
-                async with sem:
-                    rows = await timed_rounds(gen, q, args.rounds)
-                    return sum(r[0] for r in rows), sum(r[2] for r in rows)
+        async def one(q: str) -> tuple[float, int]:
+            rows = await timed_rounds(gen, q, args.rounds)
+            return sum(r[0] for r in rows), sum(r[2] for r in rows)
 
-            t0 = time.perf_counter()
-            res = await asyncio.gather(*(guarded(q) for q in queries))
-            out.append((time.perf_counter() - t0, res))
-        return out
+        return [await at_most(concurrency, one, queries) for queries, concurrency in batches]
     finally:
         eng.close()
 
@@ -329,19 +322,26 @@ async def run_sequential(url, queries, args):
         return [await http_refine(c, url, q, args.rounds, args.max_tokens) for q in queries]
 
 
-async def run_concurrent(url, queries, args, concurrency: int) -> tuple[float, list]:
+async def at_most(concurrency: int, call, items) -> tuple[float, list]:
+    """``call`` over ``items`` with at most ``concurrency`` in flight: (seconds, results)."""
     sem = asyncio.Semaphore(concurrency)
+
+    async def guarded(item):
+        async with sem:
+            return await call(item)
+
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*(guarded(x) for x in items))
+    return time.perf_counter() - t0, res
+
+
+async def run_concurrent(url, queries, args, concurrency: int) -> tuple[float, list]:
     async with httpx.AsyncClient(
         timeout=args.timeout, limits=httpx.Limits(max_connections=concurrency + 4)
     ) as c:
-
-        async def guarded(q):
-            async with sem:
-                return await http_refine(c, url, q, args.rounds, args.max_tokens)
-
-        t0 = time.perf_counter()
-        res = await asyncio.gather(*(guarded(q) for q in queries))
-        return time.perf_counter() - t0, res
+        return await at_most(
+            concurrency, lambda q: http_refine(c, url, q, args.rounds, args.max_tokens), queries
+        )
 
 
 def deploy(cfg: ServeConfig):

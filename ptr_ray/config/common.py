@@ -7,6 +7,7 @@ format; keeping one definition of each means a knob means the same thing in ever
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -70,6 +71,17 @@ class EngineConfig(StrictModel):
         "use, tokens) to Ray's metrics endpoint when the engine runs under Ray",
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM kwargs")
+
+
+def most_of_each(engines: Iterable[EngineConfig]) -> dict[str, float]:
+    """The custom resources a Ray task or actor running ``engines`` must ask for: the most of
+    each any engine names (they mark node types, e.g. ``pool_vllm``; several engines in one
+    process still need one such node)."""
+    out: dict[str, float] = {}
+    for engine in engines:
+        for name, amount in engine.resources.items():
+            out[name] = max(amount, out.get(name, 0))
+    return out
 
 
 class SamplingConfig(StrictModel):

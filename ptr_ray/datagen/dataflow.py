@@ -25,6 +25,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ptr_ray.config import BuildConfig, ConfigError, EngineConfig, PoolConfig, dump_config
+from ptr_ray.config.common import most_of_each
 from ptr_ray.datagen import output
 from ptr_ray.datagen.actors import (
     EmbeddingConsistency,
@@ -90,10 +91,7 @@ def _resources(*engines: EngineConfig) -> dict[str, Any]:
     gpus = sum(e.num_gpus for e in engines)
     if gpus > 0:
         res["num_gpus"] = gpus
-    custom: dict[str, float] = {}
-    for engine in engines:  # custom resources pin the pool to the nodes advertising them
-        for name, amount in engine.resources.items():
-            custom[name] = max(amount, custom.get(name, 0))
+    custom = most_of_each(engines)  # custom resources pin the pool to the nodes advertising them
     if custom:
         res["resources"] = custom
     return res

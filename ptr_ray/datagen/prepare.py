@@ -234,11 +234,10 @@ def prepare_candidates(
     count_tokens: Callable[[str], int],
     existing: Existing,
     rejects: RejectLog,
-    decontaminator: NgramDecontaminator | None = None,
 ) -> Prepared:
     """Run the plan of the module docstring on the connected Ray instance."""
     try:
-        return _prepare(cfg, count_tokens, existing, rejects, decontaminator)
+        return _prepare(cfg, count_tokens, existing, rejects)
     except Exception as e:
         own = _own_error(e)
         if own is not None and own is not e:
@@ -251,21 +250,15 @@ def _prepare(
     count_tokens: Callable[[str], int],
     existing: Existing,
     rejects: RejectLog,
-    decontaminator: NgramDecontaminator | None,
 ) -> Prepared:
     import ray
 
     out = Prepared()
     seconds = out.seconds
-    info_ref = None
-    if decontaminator is not None:
-        index_ref = ray.put(decontaminator)
-        out.decontamination_ngrams = len(decontaminator)
-    elif cfg.decontaminate.enabled:
+    index_ref = info_ref = None
+    if cfg.decontaminate.enabled:
         # built in a task, while the sources are read: the eval sets never load in the driver
         index_ref, info_ref = ray.remote(_index_task).options(num_returns=2).remote(cfg)
-    else:
-        index_ref = None
     near = cfg.dedupe.near
     bands, rows_per_band = lsh_params(cfg.dedupe.threshold, cfg.dedupe.num_perm) if near else (0, 0)
     hasher = MinHasher(cfg.dedupe.num_perm, cfg.seed + 1, cfg.dedupe.shingle_size) if near else None

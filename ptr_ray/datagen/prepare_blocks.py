@@ -248,7 +248,8 @@ def resolve_duplicates(
                 if len(kept) > 1:
                     buckets.add(kept)
     near: list[int] = []
-    if buckets and threshold is not None:
+    if buckets:  # only filled when near-dedupe is on (a threshold is given)
+        assert threshold is not None
         involved = np.unique(np.fromiter((m for b in buckets for m in b), dtype=np.int64))
         sigs = signatures_of(involved)
         uf = UnionFind()

@@ -29,6 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ptr_ray.config import EngineConfig, EvalConfig, EvalMethodConfig, dump_config
+from ptr_ray.config.common import most_of_each
 from ptr_ray.engine import Engine, make_engine
 from ptr_ray.errors import PtrRayValueError
 from ptr_ray.eval.methods import check_methods, method_engine_config
@@ -301,10 +302,7 @@ def ray_task_options(cfg: EvalConfig) -> dict[str, Any]:
         "num_cpus": max(e.num_cpus for e in engines),
         "num_gpus": max(e.num_gpus for e in engines),
     }
-    resources: dict[str, float] = {}
-    for e in engines:
-        for name, amount in e.resources.items():
-            resources[name] = max(amount, resources.get(name, 0))
+    resources = most_of_each(engines)
     if resources:
         opts["resources"] = resources
     return opts
