@@ -95,7 +95,13 @@ class PoolConfig(StrictModel):
 
     replicas: int = Field(1, ge=1, description="actors in the pool")
     max_replicas: int | None = Field(None, ge=1, description="autoscale up to this many actors")
-    batch_size: int = Field(16, ge=1, description="rows per actor call (one batched generate)")
+    batch_size: int = Field(16, ge=1, description="rows per actor call (all in flight at once)")
+    max_concurrent_batches: int = Field(
+        2,
+        ge=1,
+        description="batches an engine actor works on at once: a second batch fills the "
+        "engine's slots while the first one's slowest rows finish (engine stages only)",
+    )
 
 
 def _weak_sampling() -> SamplingConfig:

@@ -1,17 +1,23 @@
-"""The generation stages as Ray Data callable classes (one actor pool per class and model).
+"""The generation stages as Ray Data callable classes (one actor pool per stage).
 
 Each actor builds its engine once in ``__init__`` (vLLM start-up is the expensive part) and
-then serves batches: a batch is one batched engine call per round, which is where vLLM's
-continuous batching and prefix caching pay off. Rows already rejected pass through untouched.
+then serves batches. Every row of a batch is its own coroutine awaiting its own prompts on a
+:class:`~ptr_ray.engine.concurrent.ConcurrentEngine` (vLLM's ``AsyncLLM``): all of them are
+in flight at once, so vLLM batches them, a row that finishes a round early starts its next
+one at once, and a second batch given to the same actor (``pool.max_concurrent_batches``)
+fills the slots the first one frees instead of waiting for its slowest row. Each prompt is
+tokenized once, off the event loop: the ids of the context check are the ids generated from.
+Rows already rejected pass through untouched.
 
 A stage never raises on a single bad row: a prompt that does not fit the context is rejected
-with ``prompt_too_long``; an engine error rejects the batch's rows with ``generation_error``
+with ``prompt_too_long``; an engine error rejects that row with ``generation_error``
 (retried by the next run, see the pipeline's resume logic). A killed actor process is
 restarted by Ray and its batch retried (``max_restarts``/``max_task_retries`` of map_batches).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -25,13 +31,9 @@ from ptr_ray import prompts
 from ptr_ray.config import ConfigError, EngineConfig, PromptConfig, SamplingConfig
 from ptr_ray.datagen import icl
 from ptr_ray.datagen.rows import share_time, to_table
-from ptr_ray.refine import refine_batch
+from ptr_ray.engine.base import PromptTooLongError, TokenPrompt
 
 log = logging.getLogger(__name__)
-
-
-def _prompt_len(tokenizer: Any, messages: list[prompts.Message]) -> int:
-    return len(prompts.encode(tokenizer, messages, add_generation_prompt=True))
 
 
 def _reject(row: dict[str, Any], reason: str, detail: str = "") -> None:
@@ -40,17 +42,28 @@ def _reject(row: dict[str, Any], reason: str, detail: str = "") -> None:
 
 def _start_engine(cfg: EngineConfig, role: str) -> tuple[Any, int]:
     """An engine for an actor (``role``: the label of its metrics) and its context length."""
-    from ptr_ray.engine import make_engine
+    from ptr_ray.engine.concurrent import make_concurrent_engine
 
     t0 = time.time()
-    engine = make_engine(cfg, role=role)
-    max_len = int(getattr(engine, "max_model_len", cfg.max_model_len or 2048))
+    engine = make_concurrent_engine(cfg, role=role)
+    max_len = int(engine.max_model_len)
     log.info("%s actor: %s ready in %.1fs (pid %d)", role, cfg.model, time.time() - t0, os.getpid())
     return engine, max_len
 
 
+async def _fitting(
+    engine: Any, conversation: Sequence[prompts.Message], room: int
+) -> list[int] | None:
+    """The conversation's prompt ids when at most ``room`` tokens long, else None."""
+    try:
+        ids = await engine.encode(conversation)
+    except PromptTooLongError:
+        return None
+    return ids if len(ids) <= room else None
+
+
 class _EngineStage:
-    """Shared set-up: the engine and the batch-time bookkeeping."""
+    """Shared set-up: the engine, one coroutine per row, the batch-time bookkeeping."""
 
     time_column = ""
     stage = "engine"  # for logs (Ray wraps the class, so its __name__ is not ours)
@@ -59,25 +72,27 @@ class _EngineStage:
         self.engine_cfg = engine
         self.engine, self.max_len = _start_engine(engine, self.stage)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         t0 = time.time()
         todo = [r for r in rows if r["reject"] is None and self.wants(r)]
         if todo:
-            try:
-                self.process(todo)
-            except Exception as e:  # an engine failure costs this batch, not the run
-                log.exception("%s actor failed on a batch of %d", self.stage, len(todo))
-                for r in todo:
-                    if r["reject"] is None:
-                        _reject(r, "generation_error", f"{type(e).__name__}: {e}")
+            outcomes = await asyncio.gather(*(self.row(r) for r in todo), return_exceptions=True)
+            for r, out in zip(todo, outcomes, strict=True):
+                if isinstance(out, asyncio.CancelledError):
+                    raise out
+                if isinstance(out, BaseException) and r["reject"] is None:
+                    # an engine failure costs this row, not the batch or the run
+                    log.error("%s actor failed on a row: %r", self.stage, out)
+                    _reject(r, "generation_error", f"{type(out).__name__}: {out}")
             share_time(todo, self.time_column, time.time() - t0)
         return to_table(rows)
 
     def wants(self, row: dict[str, Any]) -> bool:
         return True
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
+    async def row(self, row: dict[str, Any]) -> None:
+        """Fill in (or reject) one row."""
         raise NotImplementedError
 
     def __del__(self) -> None:
@@ -90,12 +105,11 @@ class WeakThoughts(_EngineStage):
     """``rounds`` thoughts per PTR row, successive (the default) or independent.
 
     ``successive``: round t's prompt is :func:`ptr_ray.prompts.round_messages` of the query and
-    thoughts 1..t-1 (the refine instruction between them) through
-    :func:`ptr_ray.refine.refine_batch`, the exact prompt a PTR model sees when it refines at
-    inference time. ``independent``: every thought is sampled from the query alone, as the
-    paper's Eq. 1 and its authors' code do: one engine call with ``n = rounds`` samples per
-    query (so the prompt is processed, and counted in ``weak_prompt_tokens``, once: on the
-    first of the row's new thoughts).
+    thoughts 1..t-1 (the refine instruction between them), the exact prompt a PTR model sees
+    when it refines at inference time (:mod:`ptr_ray.refine`). ``independent``: every thought
+    is sampled from the query alone, as the paper's Eq. 1 and its authors' code do: one
+    engine call with ``n`` samples per query and model (so the prompt is processed, and
+    counted in ``weak_prompt_tokens``, once: on the first of the row's thoughts it wrote).
 
     Several weak models (``alternate``: the models after ``engine``) take turns: a row's
     thought i (counting its earlier ones) comes from model ``i % len(models)``. The actor holds
@@ -122,11 +136,18 @@ class WeakThoughts(_EngineStage):
             )
         super().__init__(engine)
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
+        self.one = sampling.model_copy(update={"n": 1})
         self.independent = thought_mode == "independent"
         self.alternate = list(alternate)
         started = [_start_engine(e, self.stage) for e in self.alternate]
         self.other_engines = [e for e, _ in started]
         self.other_max_lens = [n for _, n in started]
+        # Successive: worst case the last round's prompt holds every new thought at max_tokens
+        # plus a refine instruction turn (~32 tokens of template) per round. Independent: each
+        # thought continues the query alone.
+        self.budget = (
+            sampling.max_tokens if self.independent else rounds * (sampling.max_tokens + 32)
+        )
 
     @property
     def engines(self) -> list[Any]:
@@ -145,7 +166,7 @@ class WeakThoughts(_EngineStage):
     def wants(self, row: dict[str, Any]) -> bool:
         return row["kind"] == "ptr"
 
-    def _conversation(self, row: dict[str, Any]) -> list[prompts.Message]:
+    def _conversation(self, row: dict[str, Any]) -> Sequence[prompts.Message]:
         if self.independent:
             return prompts.query_messages(row["query"], self.prompt.system_prompt)
         return prompts.round_messages(
@@ -157,95 +178,62 @@ class WeakThoughts(_EngineStage):
         start, m = len(row["thoughts"]), len(self.engines)
         return [(start + t) % m for t in range(self.rounds)]
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
-        fits = []
-        # Successive: worst case the last round's prompt holds every new thought at max_tokens
-        # plus a refine instruction turn (~32 tokens of template) per round. Independent: each
-        # thought continues the query alone.
-        budget = (
-            self.sampling.max_tokens
-            if self.independent
-            else self.rounds * (self.sampling.max_tokens + 32)
-        )
-        engines, max_lens = self.engines, self.max_lens
-        for r in rows:
-            conv = self._conversation(r)
-            for j in sorted(set(self._turns(r))):  # every model the row will meet
-                n = _prompt_len(engines[j].tokenizer, conv)
-                if n + budget > max_lens[j]:
-                    which = f" of {self.alternate[j - 1].model}" if j else ""
-                    _reject(
-                        r,
-                        "prompt_too_long",
-                        f"{n} prompt tokens + {budget} for {self.rounds} thought(s) > context "
-                        f"{max_lens[j]}{which}",
-                    )
-                    break
-            else:
-                fits.append(r)
-        if not fits:
-            return
+    async def row(self, row: dict[str, Any]) -> None:
+        turns = self._turns(row)
+        conv = self._conversation(row)
+        first: dict[int, list[int]] = {}  # the opening prompt's ids, per model the row meets
+        for j in sorted(set(turns)):
+            ids = await _fitting(self.engines[j], conv, self.max_lens[j] - self.budget)
+            if ids is None:
+                which = f" of {self.alternate[j - 1].model}" if j else ""
+                _reject(
+                    row,
+                    "prompt_too_long",
+                    f"prompt + {self.budget} tokens for {self.rounds} thought(s) > context "
+                    f"{self.max_lens[j]}{which}",
+                )
+                return
+            first[j] = ids
         if self.independent:
-            self._independent(fits)
-        elif len(engines) == 1:
-            self._successive(self.engine, fits, self.rounds)
-        else:  # models take turns: one batched call per round and model
-            m = len(engines)
-            for _ in range(self.rounds):
-                turn: dict[int, list[dict[str, Any]]] = {}
-                for r in fits:  # whose turn, fixed before this round adds any thought
-                    turn.setdefault(len(r["thoughts"]) % m, []).append(r)
-                for j, group in sorted(turn.items()):
-                    self._successive(engines[j], group, 1)
-        for r in fits:
-            empty = [i for i, t in enumerate(r["thoughts"], 1) if not t]
-            if empty:
-                _reject(r, "empty_thought", f"thought {empty[0]} is empty")
+            await self._independent(row, turns, first)
+        else:
+            for t, j in enumerate(turns):
+                ids = first[j] if t == 0 else await self.engines[j].encode(self._conversation(row))
+                g = await self.engines[j].complete(TokenPrompt(ids), self.one)
+                c = g.completions[0]
+                self._add(row, c.text, c.tokens, g.prompt_tokens, g.cached_tokens, c.finish_reason)
+        empty = [i for i, t in enumerate(row["thoughts"], 1) if not t]
+        if empty:
+            _reject(row, "empty_thought", f"thought {empty[0]} is empty")
 
-    def _successive(self, engine: Any, rows: list[dict[str, Any]], rounds: int) -> None:
-        """``rounds`` more refinement rounds of ``rows`` on ``engine``, one batched call each."""
-        results = refine_batch(
-            engine,
-            [r["query"] for r in rows],
-            rounds,
-            self.sampling,
-            self.prompt,
-            history=[r["thoughts"] for r in rows],
+    async def _independent(
+        self, row: dict[str, Any], turns: list[int], first: dict[int, list[int]]
+    ) -> None:
+        """One call per model with ``n`` samples; the prompt tokens go on the first thought
+        each call wrote (the prompt was processed once per call)."""
+        models = sorted(first)
+        gens = await asyncio.gather(
+            *(
+                self.engines[j].complete(
+                    TokenPrompt(first[j]), self.sampling.model_copy(update={"n": turns.count(j)})
+                )
+                for j in models
+            )
         )
-        for r, res in zip(rows, results, strict=True):
-            for rr in res.rounds:
-                self._add(
-                    r, rr.answer, rr.tokens, rr.prompt_tokens, rr.cached_tokens, rr.finish_reason
-                )
-
-    def _independent(self, fits: list[dict[str, Any]]) -> None:
-        """One call per model and sample count, ``n`` samples each; the prompt tokens go on the
-        first thought each call wrote for a row (the prompt was processed once per call)."""
-        turns = [self._turns(r) for r in fits]
-        samples: list[dict[int, list[tuple[Any, bool, Any]]]] = [{} for _ in fits]
-        for j, engine in enumerate(self.engines):
-            by_n: dict[int, list[int]] = {}
-            for i, plan in enumerate(turns):
-                if plan.count(j):
-                    by_n.setdefault(plan.count(j), []).append(i)
-            for n, idx in by_n.items():
-                gens = engine.generate(
-                    [self._conversation(fits[i]) for i in idx],
-                    self.sampling.model_copy(update={"n": n}),
-                )
-                for i, g in zip(idx, gens, strict=True):
-                    samples[i][j] = [(c, k == 0, g) for k, c in enumerate(g.completions)]
-        for r, plan, got in zip(fits, turns, samples, strict=True):
-            for j in plan:
-                c, first, g = got[j].pop(0)
-                self._add(
-                    r,
-                    c.text,
-                    c.tokens,
-                    g.prompt_tokens if first else 0,
-                    g.cached_tokens if first else 0,
-                    c.finish_reason,
-                )
+        samples = {
+            j: [(c, k == 0, g) for k, c in enumerate(g.completions)]
+            for j, g in zip(models, gens, strict=True)
+        }
+        for j in turns:
+            c, is_first, g = samples[j].pop(0)
+            self._add(
+                row,
+                c.text,
+                c.tokens,
+                g.prompt_tokens if is_first else 0,
+                g.cached_tokens if is_first else 0,
+                c.finish_reason,
+            )
 
     @staticmethod
     def _add(
@@ -277,48 +265,44 @@ class StrongAnswers(_EngineStage):
         prompt: PromptConfig,
     ) -> None:
         super().__init__(engine)
-        self.sampling, self.prompt = sampling, prompt
+        self.sampling = sampling.model_copy(update={"n": 1})
+        self.prompt = prompt
         self.examples = icl.load_examples(icl_path) if num_icl else []
         self.num_icl = min(num_icl, len(self.examples))
 
-    def _messages(self, row: dict[str, Any]) -> tuple[list[prompts.Message] | None, int]:
+    async def _prompt_ids(self, row: dict[str, Any]) -> tuple[list[int] | None, int]:
+        """The strong prompt's ids (with as many examples as fit) and the examples used."""
         room = self.max_len - self.sampling.max_tokens
         if row["kind"] == "sft":
             msgs = prompts.query_messages(row["query"], self.prompt.system_prompt)
-            return (msgs, 0) if _prompt_len(self.engine.tokenizer, msgs) <= room else (None, 0)
+            return await _fitting(self.engine, msgs, room), 0
         for k in range(self.num_icl, -1, -1):
             msgs = icl.strong_messages(row["query"], row["thoughts"], self.examples, k)
-            if _prompt_len(self.engine.tokenizer, msgs) <= room:
-                return msgs, k
+            ids = await _fitting(self.engine, msgs, room)
+            if ids is not None:
+                return ids, k
         return None, 0
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
-        convs, targets = [], []
-        for r in rows:
-            if r["kind"] == "sft" and r["ref_answer"]:
-                r["answer"] = r["ref_answer"]
-                continue
-            msgs, k = self._messages(r)
-            if msgs is None:
-                _reject(
-                    r,
-                    "prompt_too_long",
-                    f"strong prompt + {self.sampling.max_tokens} new tokens > context {self.max_len}",
-                )
-                continue
-            r["icl_used"] = k
-            convs.append(msgs)
-            targets.append(r)
-        if not convs:
+    async def row(self, row: dict[str, Any]) -> None:
+        if row["kind"] == "sft" and row["ref_answer"]:
+            row["answer"] = row["ref_answer"]
             return
-        gens = self.engine.generate(convs, self.sampling.model_copy(update={"n": 1}))
-        for r, g in zip(targets, gens, strict=True):
-            c = g.completions[0]
-            r["answer"] = c.text.strip()
-            r["strong_tokens"], r["strong_finish"] = c.tokens, c.finish_reason
-            r["strong_prompt_tokens"], r["strong_cached_tokens"] = g.prompt_tokens, g.cached_tokens
-            if not r["answer"]:
-                _reject(r, "empty_answer")
+        ids, k = await self._prompt_ids(row)
+        if ids is None:
+            _reject(
+                row,
+                "prompt_too_long",
+                f"strong prompt + {self.sampling.max_tokens} new tokens > context {self.max_len}",
+            )
+            return
+        row["icl_used"] = k
+        g = await self.engine.complete(TokenPrompt(ids), self.sampling)
+        c = g.completions[0]
+        row["answer"] = c.text.strip()
+        row["strong_tokens"], row["strong_finish"] = c.tokens, c.finish_reason
+        row["strong_prompt_tokens"], row["strong_cached_tokens"] = g.prompt_tokens, g.cached_tokens
+        if not row["answer"]:
+            _reject(row, "empty_answer")
 
 
 def reference_answers(batch: pa.Table) -> pa.Table:
@@ -400,40 +384,29 @@ class JudgeConsistency(_EngineStage):
     def wants(self, row: dict[str, Any]) -> bool:
         return row["kind"] == "ptr"
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
-        convs, targets = [], []
-        for r in rows:
-            drafts = "\n\n".join(f"Draft {i}:\n{t}" for i, t in enumerate(r["thoughts"], 1))
-            msgs = [
-                {
-                    "role": "user",
-                    "content": JUDGE_PROMPT.format(
-                        query=r["query"], drafts=drafts, answer=r["answer"]
-                    ),
-                }
-            ]
-            n = _prompt_len(self.engine.tokenizer, msgs)
-            if n + self.sampling.max_tokens > self.max_len:
-                _reject(
-                    r, "prompt_too_long", f"judge prompt of {n} tokens > context {self.max_len}"
-                )
-                continue
-            convs.append(msgs)
-            targets.append(r)
-        if not convs:
+    async def row(self, row: dict[str, Any]) -> None:
+        drafts = "\n\n".join(f"Draft {i}:\n{t}" for i, t in enumerate(row["thoughts"], 1))
+        content = JUDGE_PROMPT.format(query=row["query"], drafts=drafts, answer=row["answer"])
+        room = self.max_len - self.sampling.max_tokens
+        ids = await _fitting(self.engine, [{"role": "user", "content": content}], room)
+        if ids is None:
+            _reject(
+                row,
+                "prompt_too_long",
+                f"judge prompt + {self.sampling.max_tokens} tokens > context {self.max_len}",
+            )
             return
-        gens = self.engine.generate(convs, self.sampling)
-        for r, g in zip(targets, gens, strict=True):
-            c = g.completions[0]
-            r["judge_tokens"] = c.tokens
-            m = _NUMBER.search(c.text)
-            if not m:
-                _reject(r, "judge_unparsed", f"judge said {c.text[:80]!r}")
-                continue
-            r["consistency"] = int(m.group(1)) / 10
-            if r["consistency"] < self.threshold:
-                _reject(
-                    r,
-                    "low_consistency",
-                    f"judge score {r['consistency']:.1f} < threshold {self.threshold}",
-                )
+        g = await self.engine.complete(TokenPrompt(ids), self.sampling)
+        c = g.completions[0]
+        row["judge_tokens"] = c.tokens
+        m = _NUMBER.search(c.text)
+        if not m:
+            _reject(row, "judge_unparsed", f"judge said {c.text[:80]!r}")
+            return
+        row["consistency"] = int(m.group(1)) / 10
+        if row["consistency"] < self.threshold:
+            _reject(
+                row,
+                "low_consistency",
+                f"judge score {row['consistency']:.1f} < threshold {self.threshold}",
+            )

@@ -69,12 +69,23 @@ def cpus_needed(cfg: BuildConfig) -> int:
     return math.ceil(total) + 1  # + Ray Data's own input tasks
 
 
-def _compute(pool: PoolConfig):
+def _compute(pool: PoolConfig, engine: bool = True):
+    """The pool's actors. An engine stage's actor is async and works on up to
+    ``max_concurrent_batches`` batches at once (Ray Data sends it twice as many, so the next
+    batch is already there when one ends); the embedding stage's actors take one at a time."""
     from ray.data import ActorPoolStrategy
 
-    if pool.max_replicas and pool.max_replicas > pool.replicas:
-        return ActorPoolStrategy(min_size=pool.replicas, max_size=pool.max_replicas)
-    return ActorPoolStrategy(size=pool.replicas)
+    size: dict[str, int] = (
+        dict(min_size=pool.replicas, max_size=pool.max_replicas)
+        if pool.max_replicas and pool.max_replicas > pool.replicas
+        else dict(size=pool.replicas)
+    )
+    if not engine:
+        return ActorPoolStrategy(**size)
+    k = pool.max_concurrent_batches
+    return ActorPoolStrategy(
+        **size, max_concurrent_calls_per_actor=k, max_tasks_in_flight_per_actor=2 * k
+    )
 
 
 def _resources(*engines: EngineConfig) -> dict[str, Any]:
@@ -181,7 +192,7 @@ def build_dataset(cfg: BuildConfig, candidates: Any):
             fn_constructor_kwargs=dict(model=cons.embedding_model, threshold=cons.threshold),
             batch_size=cons.pool.batch_size,
             batch_format="pyarrow",
-            compute=_compute(cons.pool),
+            compute=_compute(cons.pool, engine=False),
             num_cpus=cons.num_cpus,
         )
     elif cons.method == "judge":

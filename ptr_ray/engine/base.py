@@ -44,12 +44,24 @@ class Generation:
         return self.completions[0].text
 
 
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt its caller already rendered and tokenized (and length-checked), so the engine
+    takes the ids as they are instead of tokenizing the conversation a second time."""
+
+    ids: list[int]
+
+
+Prompt = Sequence[prompts.Message] | TokenPrompt
+"""What an engine continues: a chat conversation, or its token ids."""
+
+
 class Engine(Protocol):
     tokenizer: Any
     model_path: str
 
     def generate(
-        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+        self, conversations: Sequence[Prompt], sampling: SamplingConfig
     ) -> list[Generation]: ...
 
     def close(self) -> None: ...
@@ -69,11 +81,15 @@ class PromptTooLongError(PtrRayValueError):
         return (PromptTooLongError, (self.prompt_tokens, self.max_model_len))
 
 
-def checked_prompt_ids(
-    tokenizer: Any, conversation: Sequence[prompts.Message], max_model_len: int
-) -> list[int]:
-    """Token ids of a round prompt; PromptTooLongError when no token could be generated."""
-    ids = prompts.encode(tokenizer, conversation, add_generation_prompt=True)
+def checked_prompt_ids(tokenizer: Any, conversation: Prompt, max_model_len: int) -> list[int]:
+    """Token ids of a round prompt; PromptTooLongError when no token could be generated.
+
+    A :class:`TokenPrompt` is taken as it is (its caller tokenized it): only its length is
+    checked."""
+    if isinstance(conversation, TokenPrompt):
+        ids = list(conversation.ids)
+    else:
+        ids = prompts.encode(tokenizer, conversation, add_generation_prompt=True)
     if len(ids) >= max_model_len:
         raise PromptTooLongError(len(ids), max_model_len)
     return ids
@@ -94,7 +110,7 @@ class PromptEncoder:
         self.max_model_len = max_model_len
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptr-encode")
 
-    async def encode(self, conversation: Sequence[prompts.Message]) -> list[int]:
+    async def encode(self, conversation: Prompt) -> list[int]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._pool, checked_prompt_ids, self.tokenizer, conversation, self.max_model_len

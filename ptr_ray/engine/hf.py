@@ -11,9 +11,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ptr_ray import prompts
 from ptr_ray.config import EngineConfig, SamplingConfig
-from ptr_ray.engine.base import Completion, Generation, checked_prompt_ids, clamp_context
+from ptr_ray.engine.base import (
+    Completion,
+    Generation,
+    Prompt,
+    checked_prompt_ids,
+    clamp_context,
+)
 from ptr_ray.models import resolve_model
 
 
@@ -38,7 +43,7 @@ class HFEngine:
         self.max_model_len = clamp_context(self.model_path, cfg.max_model_len or 10**9)
 
     def generate(
-        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+        self, conversations: Sequence[Prompt], sampling: SamplingConfig
     ) -> list[Generation]:
         import torch
 

@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ptr_ray import prompts
 from ptr_ray.config import EngineConfig, SamplingConfig
 from ptr_ray.engine.base import (
     Completion,
     Generation,
+    Prompt,
     PromptEncoder,
     checked_prompt_ids,
     clamp_context,
@@ -139,7 +139,7 @@ class VLLMEngine:
         log.info("vLLM engine for %s ready in %.1fs", cfg.model, time.time() - t0)
 
     def generate(
-        self, conversations: Sequence[Sequence[prompts.Message]], sampling: SamplingConfig
+        self, conversations: Sequence[Prompt], sampling: SamplingConfig
     ) -> list[Generation]:
         params = sampling_params(sampling)
         token_prompts = []
@@ -209,7 +209,7 @@ class AsyncVLLMEngine:
 
     async def stream(
         self,
-        conversation: Sequence[prompts.Message],
+        conversation: Prompt,
         sampling: SamplingConfig,
         request_id: str | None = None,
     ) -> Any:
@@ -255,7 +255,7 @@ class AsyncVLLMEngine:
 
     async def generate(
         self,
-        conversation: Sequence[prompts.Message],
+        conversation: Prompt,
         sampling: SamplingConfig,
         request_id: str | None = None,
     ) -> Generation:
@@ -266,6 +266,49 @@ class AsyncVLLMEngine:
                 result = item
         assert result is not None
         return result
+
+    async def encode(self, conversation: Prompt) -> list[int]:
+        """The prompt's token ids, rendered and tokenized off the event loop; raises
+        PromptTooLongError when it leaves no room for a token."""
+        return await self.encoder.encode(conversation)
+
+    async def complete(
+        self, prompt: Prompt, sampling: SamplingConfig, request_id: str | None = None
+    ) -> Generation:
+        """``sampling.n`` completions of one prompt, returned whole when the last one ends.
+
+        What a batch stage awaits per row: many rows' calls in flight at once are one batch to
+        vLLM's scheduler, so a row that finishes early frees its slot for another row (or
+        another batch) instead of waiting for the slowest row of its batch. ``max_tokens`` is
+        clipped to the room left in the context."""
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = await self.encoder.encode(prompt)
+        params = sampling_params(
+            sampling,
+            max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - len(ids))),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        t0 = time.time()
+        final = None
+        outputs = self.llm.generate(
+            {"prompt_token_ids": ids}, params, request_id or uuid.uuid4().hex
+        )
+        try:
+            async for out in outputs:
+                final = out
+        finally:
+            await outputs.aclose()
+        assert final is not None
+        return Generation(
+            completions=[
+                Completion(c.text, len(c.token_ids), _finish(c.finish_reason))
+                for c in final.outputs
+            ],
+            prompt_tokens=len(ids),
+            cached_tokens=int(final.num_cached_tokens or 0),
+            latency_s=time.time() - t0,
+        )
 
     async def check_health(self) -> None:
         """Raises when the engine-core process is dead (Serve then replaces the replica)."""

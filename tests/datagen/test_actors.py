@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ptr_ray import prompts
@@ -17,16 +19,29 @@ def engine_cfg(tiny_model_dir) -> EngineConfig:
     return EngineConfig(model=str(tiny_model_dir), backend="hf", dtype="float32", max_model_len=512)
 
 
+def run(stage, rows):
+    """One batch through a stage, as Ray Data's async actor would call it."""
+    return asyncio.run(stage(to_table(rows))).to_pylist()
+
+
 class RecordingEngine:
-    """Wraps a real engine and remembers every conversation it was asked to continue."""
+    """Wraps a real engine and remembers every conversation it generated from (a stage hands
+    the engine the ids it tokenized, so the conversation is looked up by them)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.seen = inner, []
+        self.inner, self.seen, self.encoded = inner, [], 0
+        self._convs: dict[tuple[int, ...], list] = {}
         self.tokenizer, self.max_model_len = inner.tokenizer, inner.max_model_len
 
-    def generate(self, convs, sampling):
-        self.seen.extend(convs)
-        return self.inner.generate(convs, sampling)
+    async def encode(self, conv):
+        ids = await self.inner.encode(conv)
+        self.encoded += 1
+        self._convs[tuple(ids)] = list(conv)
+        return ids
+
+    async def complete(self, prompt, sampling):
+        self.seen.append(self._convs[tuple(prompt.ids)])  # only ids this engine tokenized
+        return await self.inner.complete(prompt, sampling)
 
     def close(self) -> None:
         self.inner.close()
@@ -40,8 +55,7 @@ def test_weak_thoughts_are_successive_rounds(engine_cfg):
         new_row(id="b", query="Name a color.", kind="sft"),
         new_row(id="c", query="Skip me", kind="ptr", reject="too_long"),
     ]
-    out = stage(to_table(rows)).to_pylist()
-    a, b, c = out
+    a, b, c = run(stage, rows)
     assert len(a["thoughts"]) == 2 and len(a["weak_tokens"]) == 2 and a["t_weak"] > 0
     assert b["thoughts"] == [] and c["thoughts"] == []  # sft rows and rejects pass through
     # round 2 saw round 1's thought and the refine instruction: the PTR conversation format
@@ -65,7 +79,7 @@ def test_weak_continues_history_and_rejects_long_prompts(engine_cfg):
         ),
         new_row(id="b", query=long_q, kind="ptr"),
     ]
-    a, b = stage(to_table(rows)).to_pylist()
+    a, b = run(stage, rows)
     assert a["thoughts"][0] == "earlier" and len(a["thoughts"]) == 2 and len(a["weak_finish"]) == 2
     assert b["reject"] == "prompt_too_long" and "context 512" in b["reject_detail"]
 
@@ -84,10 +98,11 @@ def test_strong_answers_ptr_sft_and_reference(engine_cfg):
         new_row(id="b", query="Say hi.", kind="sft"),
         new_row(id="c", query="Capital of France?", kind="sft", ref_answer="Paris."),
     ]
-    a, b, c = stage(to_table(rows)).to_pylist()
+    a, b, c = run(stage, rows)
     assert c["answer"] == "Paris." and c["strong_tokens"] == 0
-    assert len(stage.engine.seen) == 2
-    ptr_prompt, sft_prompt = stage.engine.seen
+    assert len(stage.engine.seen) == 2  # rows run side by side: in either order
+    (ptr_prompt,) = [c for c in stage.engine.seen if c[0]["role"] == "system"]
+    (sft_prompt,) = [c for c in stage.engine.seen if c is not ptr_prompt]
     assert ptr_prompt[0]["role"] == "system" and "[Draft 2]\n4" in ptr_prompt[-1]["content"]
     assert sft_prompt == prompts.query_messages("Say hi.")
     for r in (a, b):
@@ -97,18 +112,24 @@ def test_strong_answers_ptr_sft_and_reference(engine_cfg):
     assert 0 <= a["icl_used"] <= 2
 
 
-def test_engine_error_rejects_batch_not_run(engine_cfg):
+def test_engine_error_rejects_its_row_not_the_batch(engine_cfg):
     stage = StrongAnswers(
         engine_cfg, SamplingConfig(max_tokens=4), None, num_icl=0, prompt=PromptConfig()
     )
 
     class Broken(RecordingEngine):
-        def generate(self, convs, sampling):
-            raise RuntimeError("engine died")
+        async def complete(self, prompt, sampling):
+            if "qb?" in str(self._convs[tuple(prompt.ids)]):
+                raise RuntimeError("engine died")
+            return await super().complete(prompt, sampling)
 
     stage.engine = Broken(stage.engine)
-    (row,) = stage(to_table([new_row(id="a", query="q?", kind="ptr", thoughts=["t"])])).to_pylist()
-    assert row["reject"] == "generation_error" and "engine died" in row["reject_detail"]
+    rows = [new_row(id=i, query=f"q{i}?", kind="ptr", thoughts=["t"]) for i in "abc"]
+    a, b, c = run(stage, rows)
+    # the failing call costs its own row: the batch's other rows are answered
+    assert b["reject"] == "generation_error" and "engine died" in b["reject_detail"]
+    assert a["reject"] in (None, "empty_answer") and c["reject"] in (None, "empty_answer")
+    assert a["strong_tokens"] > 0 and c["strong_tokens"] > 0
 
 
 def test_embedding_consistency_scores_related_higher():
@@ -143,25 +164,33 @@ def test_embedding_consistency_scores_related_higher():
 
 
 class FakeEngine:
-    """Answers every conversation with numbered texts and records what it was asked."""
+    """Answers every prompt with numbered texts and records what it was asked."""
 
     def __init__(self, tokenizer, max_model_len: int = 512) -> None:
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
-        self.calls: list[tuple[list, int]] = []  # (conversations, n) per generate call
+        self.calls: list[tuple[list, int]] = []  # (conversation, n) per complete call
+        self._convs: dict[tuple[int, ...], list] = {}
 
-    def generate(self, convs, sampling):
+    def encode_sync(self, conv):
+        from ptr_ray.engine import checked_prompt_ids
+
+        return checked_prompt_ids(self.tokenizer, conv, self.max_model_len)
+
+    async def encode(self, conv):
+        ids = self.encode_sync(conv)
+        self._convs[tuple(ids)] = list(conv)
+        return ids
+
+    async def complete(self, prompt, sampling):
         from ptr_ray.engine import Completion, Generation
 
-        self.calls.append(([list(c) for c in convs], sampling.n))
+        self.calls.append((self._convs[tuple(prompt.ids)], sampling.n))
         k = len(self.calls)
-        return [
-            Generation(
-                [Completion(f"call{k} conv{i} sample{j}", 5, "stop") for j in range(sampling.n)],
-                prompt_tokens=20 + i,
-                cached_tokens=i,
-            )
-            for i in range(len(convs))
-        ]
+        return Generation(
+            [Completion(f"call{k} sample{j}", 5, "stop") for j in range(sampling.n)],
+            prompt_tokens=len(prompt.ids),
+            cached_tokens=k,
+        )
 
     def close(self) -> None:
         pass
@@ -169,10 +198,12 @@ class FakeEngine:
 
 @pytest.fixture
 def fake_engine(monkeypatch, tiny_tokenizer):
-    import ptr_ray.engine
+    import ptr_ray.engine.concurrent
 
     engine = FakeEngine(tiny_tokenizer)
-    monkeypatch.setattr(ptr_ray.engine, "make_engine", lambda cfg, role="engine": engine)
+    monkeypatch.setattr(
+        ptr_ray.engine.concurrent, "make_concurrent_engine", lambda cfg, role="engine": engine
+    )
     return engine
 
 
@@ -180,13 +211,15 @@ def test_successive_thoughts_each_see_the_earlier_ones(fake_engine):
     stage = WeakThoughts(
         EngineConfig(model="fake"), rounds=3, sampling=SAMPLING, prompt=PromptConfig()
     )
-    (row,) = stage(to_table([new_row(id="a", query="What is 2+2?", kind="ptr")])).to_pylist()
+    (row,) = run(stage, [new_row(id="a", query="What is 2+2?", kind="ptr")])
     assert [n for _, n in fake_engine.calls] == [1, 1, 1]  # one call per round, one sample each
-    seen = [convs[0] for convs, _ in fake_engine.calls]
-    assert row["thoughts"] == ["call1 conv0 sample0", "call2 conv0 sample0", "call3 conv0 sample0"]
+    seen = [conv for conv, _ in fake_engine.calls]
+    assert row["thoughts"] == ["call1 sample0", "call2 sample0", "call3 sample0"]
     for t in range(3):
         assert seen[t] == prompts.round_messages("What is 2+2?", row["thoughts"][:t])
-    assert row["weak_prompt_tokens"] == [20, 20, 20]
+    lens = [len(fake_engine.encode_sync(c)) for c in seen]
+    assert row["weak_prompt_tokens"] == lens and lens[0] < lens[1] < lens[2]
+    assert row["weak_cached_tokens"] == [1, 2, 3]
 
 
 def test_independent_thoughts_are_sampled_from_the_query_alone(fake_engine):
@@ -211,24 +244,19 @@ def test_independent_thoughts_are_sampled_from_the_query_alone(fake_engine):
             weak_finish=["stop"],
         ),
     ]
-    a, b, c = stage(to_table(rows)).to_pylist()
-    # one engine call, n = 3 samples per query, each prompt the query alone (no history)
-    [(convs, n)] = fake_engine.calls
-    assert n == 3
-    assert convs == [
-        prompts.query_messages("What is 2+2?"),
-        prompts.query_messages("Why is the sky blue?"),
+    a, b, c = run(stage, rows)
+    # one engine call per query, n = 3 samples, each prompt the query alone (no history)
+    assert fake_engine.calls == [
+        (prompts.query_messages("What is 2+2?"), 3),
+        (prompts.query_messages("Why is the sky blue?"), 3),
     ]
-    assert a["thoughts"] == ["call1 conv0 sample0", "call1 conv0 sample1", "call1 conv0 sample2"]
-    assert c["thoughts"] == [
-        "earlier",
-        "call1 conv1 sample0",
-        "call1 conv1 sample1",
-        "call1 conv1 sample2",
-    ]
+    assert a["thoughts"] == ["call1 sample0", "call1 sample1", "call1 sample2"]
+    assert c["thoughts"] == ["earlier", "call2 sample0", "call2 sample1", "call2 sample2"]
     assert a["weak_tokens"] == [5, 5, 5] and a["weak_finish"] == ["stop"] * 3
-    assert a["weak_prompt_tokens"] == [20, 0, 0]  # one prompt, counted once
-    assert c["weak_prompt_tokens"] == [9, 21, 0, 0] and c["weak_cached_tokens"] == [0, 1, 0, 0]
+    n_a = len(fake_engine.encode_sync(prompts.query_messages("What is 2+2?")))
+    n_c = len(fake_engine.encode_sync(prompts.query_messages("Why is the sky blue?")))
+    assert a["weak_prompt_tokens"] == [n_a, 0, 0]  # one prompt, counted once
+    assert c["weak_prompt_tokens"] == [9, n_c, 0, 0] and c["weak_cached_tokens"] == [0, 2, 0, 0]
     assert b["thoughts"] == []
     with pytest.raises(ValueError, match="thought_mode"):
         WeakThoughts(
@@ -266,7 +294,7 @@ def test_reference_answers_need_no_engine_and_drop_rows_without_one():
 @pytest.fixture
 def fake_engines(monkeypatch, tiny_tokenizer):
     """One FakeEngine per model name, each started once."""
-    import ptr_ray.engine
+    import ptr_ray.engine.concurrent
 
     engines: dict[str, FakeEngine] = {}
 
@@ -275,7 +303,7 @@ def fake_engines(monkeypatch, tiny_tokenizer):
         engines[cfg.model] = FakeEngine(tiny_tokenizer, max_model_len=cfg.max_model_len or 512)
         return engines[cfg.model]
 
-    monkeypatch.setattr(ptr_ray.engine, "make_engine", make)
+    monkeypatch.setattr(ptr_ray.engine.concurrent, "make_concurrent_engine", make)
     return engines
 
 
@@ -301,17 +329,15 @@ def test_weak_models_take_turns_in_one_actor(fake_engines):
             weak_finish=["stop"],
         ),
     ]
-    x, y = stage(to_table(rows)).to_pylist()
+    x, y = run(stage, rows)
     a, b = fake_engines["a"], fake_engines["b"]
-    # round by round: x on a, b, a; y on b, a, b; one batched call per model and round
-    assert [len(convs) for convs, _ in a.calls] == [1, 1, 1]
-    assert [len(convs) for convs, _ in b.calls] == [1, 1, 1]
-    assert x["thoughts"] == ["call1 conv0 sample0", "call2 conv0 sample0", "call3 conv0 sample0"]
-    assert [c[0] for c, _ in a.calls][1] == prompts.round_messages(
-        "Name a color.", y["thoughts"][:2]
-    )  # y's thought 3 (a's turn) saw thoughts 1-2, one of them b's
-    assert b.calls[1][0][0] == prompts.round_messages("What is 2+2?", x["thoughts"][:1])
-    assert len(y["thoughts"]) == 4 and y["thoughts"][0] == "earlier"
+    # x on a, b, a; y on b, a, b: each row's rounds in order, one call each
+    assert len(a.calls) == 3 and len(b.calls) == 3
+    assert x["thoughts"] == ["call1 sample0", "call1 sample0", "call2 sample0"]
+    assert y["thoughts"] == ["earlier", "call2 sample0", "call3 sample0", "call3 sample0"]
+    # y's thought 3 (a's turn) saw thoughts 1-2, one of them b's
+    assert a.calls[2][0] == prompts.round_messages("Name a color.", y["thoughts"][:2])
+    assert b.calls[0][0] == prompts.round_messages("What is 2+2?", x["thoughts"][:1])
 
 
 def test_independent_thoughts_of_alternating_models(fake_engines):
@@ -323,13 +349,14 @@ def test_independent_thoughts_of_alternating_models(fake_engines):
         thought_mode="independent",
         alternate=[EngineConfig(model="b")],
     )
-    (x,) = stage(to_table([new_row(id="x", query="What is 2+2?", kind="ptr")])).to_pylist()
+    (x,) = run(stage, [new_row(id="x", query="What is 2+2?", kind="ptr")])
     a, b = fake_engines["a"], fake_engines["b"]
     assert [n for _, n in a.calls] == [2] and [n for _, n in b.calls] == [1]  # one call each
-    assert a.calls[0][0] == b.calls[0][0] == [prompts.query_messages("What is 2+2?")]
+    assert a.calls[0][0] == b.calls[0][0] == prompts.query_messages("What is 2+2?")
     # thoughts in turn order: a, b, a; each call's prompt counted on its first thought
-    assert x["thoughts"] == ["call1 conv0 sample0", "call1 conv0 sample0", "call1 conv0 sample1"]
-    assert x["weak_prompt_tokens"] == [20, 20, 0]
+    assert x["thoughts"] == ["call1 sample0", "call1 sample0", "call1 sample1"]
+    n = len(a.encode_sync(prompts.query_messages("What is 2+2?")))
+    assert x["weak_prompt_tokens"] == [n, n, 0]
 
 
 def test_a_prompt_too_long_for_either_model_is_rejected(fake_engines):
@@ -340,6 +367,6 @@ def test_a_prompt_too_long_for_either_model_is_rejected(fake_engines):
         prompt=PromptConfig(),
         alternate=[EngineConfig(model="b", max_model_len=256)],
     )
-    (x,) = stage(to_table([new_row(id="x", query="word " * 200, kind="ptr")])).to_pylist()
+    (x,) = run(stage, [new_row(id="x", query="word " * 200, kind="ptr")])
     assert x["reject"] == "prompt_too_long" and "context 256 of b" in x["reject_detail"]
     assert not fake_engines["a"].calls and not fake_engines["b"].calls

@@ -154,6 +154,21 @@ def test_an_actor_holding_several_engines_asks_for_their_sum():
         dataflow._resources(a, EngineConfig(model="d", num_gpus=1, tensor_parallel_size=2))
 
 
+def test_engine_pools_overlap_batches_and_the_embedding_pool_does_not():
+    from ptr_ray.config.datagen import PoolConfig
+
+    weak = dataflow._compute(PoolConfig(replicas=2, max_concurrent_batches=3))
+    assert (weak.min_size, weak.max_size) == (2, 2)
+    assert weak.max_concurrent_calls_per_actor == 3  # three batches in hand at once
+    assert weak.max_tasks_in_flight_per_actor == 6  # and the next ones already queued
+    scaled = dataflow._compute(PoolConfig(replicas=1, max_replicas=4))
+    assert (scaled.min_size, scaled.max_size, scaled.max_concurrent_calls_per_actor) == (1, 4, 2)
+    embed = dataflow._compute(PoolConfig(replicas=1), engine=False)
+    assert embed.max_concurrent_calls_per_actor in (None, 1)
+    with pytest.raises(ValueError):
+        PoolConfig(max_concurrent_batches=0)
+
+
 def test_cli_reports_bad_source_in_one_line(tmp_path, tiny_model_dir, capsys):
     rc = cli_main(
         [

@@ -126,3 +126,87 @@ def test_prompt_encoder_runs_off_the_event_loop(tiny_tokenizer):
     assert len(slow.threads) == 1 and loop_thread not in slow.threads
     with pytest.raises(PromptTooLongError):
         asyncio.run(PromptEncoder(tiny_tokenizer, max_model_len=4).encode(CONV))
+
+
+def test_token_prompts_are_taken_as_they_are_and_length_checked(hf_engine):
+    """A stage that tokenized a prompt (for its context check) hands the engine the ids: the
+    engine generates from exactly those, and still refuses ids that leave no room."""
+    from ptr_ray.engine import TokenPrompt, checked_prompt_ids
+
+    ids = checked_prompt_ids(hf_engine.tokenizer, CONV, 512)
+    assert checked_prompt_ids(None, TokenPrompt(ids), 512) == ids  # no tokenizer needed
+    with pytest.raises(PromptTooLongError):
+        checked_prompt_ids(None, TokenPrompt(ids), len(ids))
+    s = SamplingConfig(max_tokens=6)
+    from_ids, from_conv = hf_engine.generate([TokenPrompt(ids), CONV], s)
+    assert from_ids.text == from_conv.text and from_ids.prompt_tokens == len(ids)
+
+
+def test_threaded_engine_keeps_the_loop_free_and_matches_the_blocking_engine(hf_engine):
+    """The transformers engine behind the concurrent interface: calls from many coroutines
+    run one at a time on one worker thread and give what the blocking engine gives."""
+    import asyncio
+
+    from ptr_ray.engine import TokenPrompt
+    from ptr_ray.engine.concurrent import ThreadedEngine
+
+    class Keep(ThreadedEngine):
+        def close(self) -> None:  # the module's engine outlives this wrapper
+            self._pool.shutdown(wait=True)
+
+    eng = Keep(hf_engine)
+    s = SamplingConfig(max_tokens=6)
+    want = hf_engine.generate([CONV], s)[0].text
+
+    async def go():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        ids = await eng.encode(CONV)
+        gens = await asyncio.gather(*(eng.complete(TokenPrompt(ids), s) for _ in range(3)))
+        ticker.cancel()
+        return gens, ticks
+
+    gens, ticks = asyncio.run(go())
+    eng.close()
+    assert [g.text for g in gens] == [want] * 3
+    assert ticks > 3  # the event loop ran while the engine worked
+
+
+@pytest.mark.integration
+def test_async_vllm_complete_takes_ids_and_several_samples(tiny_model_dir):
+    """What the build's actors await per row: the ids they checked, ``n`` samples, and many
+    rows in flight at once giving what one at a time gives (greedy)."""
+    import asyncio
+
+    from ptr_ray.engine import AsyncVLLMEngine, TokenPrompt
+
+    eng = AsyncVLLMEngine(EngineConfig(model=str(tiny_model_dir), max_model_len=512), role="weak")
+    try:
+        greedy = SamplingConfig(max_tokens=8)
+
+        async def go():
+            ids = await eng.encode(CONV)
+            alone = await eng.complete(TokenPrompt(ids), greedy)
+            sampled, *together = await asyncio.gather(
+                eng.complete(
+                    TokenPrompt(ids), SamplingConfig(n=3, temperature=1.0, max_tokens=8, seed=0)
+                ),
+                *(eng.complete(CONV, greedy) for _ in range(4)),
+            )
+            with pytest.raises(PromptTooLongError):
+                await eng.encode([{"role": "user", "content": "word " * 600}])
+            return ids, alone, sampled, together
+
+        ids, alone, sampled, together = asyncio.run(go())
+        assert alone.prompt_tokens == len(ids) and 1 <= alone.completions[0].tokens <= 8
+        assert len(sampled.completions) == 3 and sampled.prompt_tokens == len(ids)
+        assert all(g.text == alone.text for g in together)
+    finally:
+        eng.close()

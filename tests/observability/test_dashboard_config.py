@@ -175,7 +175,7 @@ def test_named_stage_keeps_the_class_and_travels_by_value():
     assert cls.__name__ == "WeakThoughts[smollm2-135m]" and issubclass(cls, WeakThoughts)
     back = cloudpickle.loads(cloudpickle.dumps(cls))
     assert back.__name__ == cls.__name__ and issubclass(back, WeakThoughts)
-    assert back.process is WeakThoughts.process
+    assert back.row is WeakThoughts.row
     assert named_stage(StrongAnswers, "x").__name__ == "StrongAnswers[x]"
 
 
@@ -201,7 +201,7 @@ def test_build_pipeline_names_every_pool_and_the_dataset(monkeypatch, tmp_path):
 
     fake = types.ModuleType("ray")
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(dataflow, "_compute", lambda pool: None)
+    monkeypatch.setattr(dataflow, "_compute", lambda pool, engine=True: None)
     engine = {"model": "builtin:smollm2-135m"}
     cfg = BuildConfig.model_validate(
         {

@@ -77,7 +77,7 @@ def test_default_roles_and_the_build_stages_roles(monkeypatch):
     import inspect
     from types import SimpleNamespace
 
-    import ptr_ray.engine
+    import ptr_ray.engine.concurrent
     from ptr_ray.config import PromptConfig, SamplingConfig
     from ptr_ray.datagen.actors import JudgeConsistency, StrongAnswers, WeakThoughts
     from ptr_ray.engine.vllm import AsyncVLLMEngine, VLLMEngine
@@ -90,7 +90,7 @@ def test_default_roles_and_the_build_stages_roles(monkeypatch):
         roles.append(role)
         return SimpleNamespace(max_model_len=512, close=lambda: None)
 
-    monkeypatch.setattr(ptr_ray.engine, "make_engine", fake_make_engine)
+    monkeypatch.setattr(ptr_ray.engine.concurrent, "make_concurrent_engine", fake_make_engine)
     cfg = EngineConfig(model="fake")
     WeakThoughts(cfg, rounds=1, sampling=SamplingConfig(), prompt=PromptConfig())
     StrongAnswers(cfg, sampling=SamplingConfig(), icl_path=None, num_icl=0, prompt=PromptConfig())
