@@ -3,8 +3,8 @@
 Every row read ends in exactly one bucket: a candidate, a skip (its id was written by an
 earlier run) or a counted rejection with its stage and reason. The driver holds no per-row
 state: rows live in Ray's object store, rejections stream back to the driver only to be
-written to ``rejects.jsonl`` and counted, and the candidates stay a Ray dataset that the
-generation stage consumes.
+written to ``rejects.jsonl`` and counted (the other rows come back as one count per block,
+bucket and source), and the candidates stay a Ray dataset that the generation stage consumes.
 
 The plan (``order`` = (source index, row index), the read order; written queries of an
 earlier run come first with negative orders)::
@@ -15,7 +15,7 @@ earlier run come first with negative orders)::
          ─► per partition: same-id groups and band buckets ─► materialize: *groups*
     groups + base ─► one task: exact duplicates, confirmed pairs, union-find ─► *verdict*
     base + verdict ─► decide (one bucket per row) ─► materialize: *decided*
-    decided ─► driver: rejects and counts;  decided ─► candidates (lazy, for generation)
+    decided ─► per block: rejects + counts ─► driver;  decided ─► candidates (lazy)
 
 **Exact duplicates**: rows grouped by record id (a hash partition by id); the earliest row of
 a group is kept, every later one is a ``duplicate``.
@@ -84,6 +84,7 @@ KEY_ROWS_PER_PARTITION = 1_000_000  # exploded (key, order) rows per shuffle par
 # Below this many (key, order) rows (~20k rows at 9 bands) one task groups the keys: starting a
 # hash shuffle costs seconds, grouping 200k keys in numpy well under one.
 SHUFFLE_FROM_KEY_ROWS = 200_000
+REJECTS_PER_SLICE = 4096  # rejections turned into Python objects at a time, in the driver
 
 
 @dataclass
@@ -348,24 +349,26 @@ def _prepare(
 
 
 def _account(batch: pa.Table, out: Prepared, rejects: RejectLog) -> None:
-    """Count one batch of decided rows and write its rejections."""
-    out.rows_in += batch.num_rows
+    """Count one block's rows (see ``for_driver``) and write its rejections."""
     bucket = batch.column("bucket")
-    out.skipped_existing += pc.sum(pc.equal(bucket, "skip")).as_py() or 0
-    cand = batch.filter(pc.equal(bucket, "candidate")).column("source")
-    for item in pc.value_counts(cand).to_pylist():
-        src = item["values"] or ""
-        out.candidate_sources[src] = out.candidate_sources.get(src, 0) + item["counts"]
-        out.num_candidates += item["counts"]
-    for row in batch.filter(pc.equal(bucket, "reject")).to_pylist():
-        rejects.add(
-            row["stage"],
-            row["reason"] or "unknown",
-            source=row["source"] or "",
-            where=row["where"] or "",
-            id=row["id"],
-            query=row["query"],
-            detail=row["detail"] or "",
-            raw=row["raw"] or "",
-            remember=False,  # each row read is rejected at most once per run
-        )
+    n = batch.column("n")
+    out.rows_in += pc.sum(n).as_py() or 0
+    out.skipped_existing += pc.sum(pc.filter(n, pc.equal(bucket, "skip"))).as_py() or 0
+    for row in batch.filter(pc.equal(bucket, "candidate")).select(["source", "n"]).to_pylist():
+        src = row["source"] or ""
+        out.candidate_sources[src] = out.candidate_sources.get(src, 0) + row["n"]
+        out.num_candidates += row["n"]
+    # a few thousand rows as Python objects at a time, whatever the block's size
+    for part in batch.filter(pc.equal(bucket, "reject")).to_batches(REJECTS_PER_SLICE):
+        for row in part.to_pylist():
+            rejects.add(
+                row["stage"],
+                row["reason"] or "unknown",
+                source=row["source"] or "",
+                where=row["where"] or "",
+                id=row["id"],
+                query=row["query"],
+                detail=row["detail"] or "",
+                raw=row["raw"] or "",
+                remember=False,  # each row read is rejected at most once per run
+            )

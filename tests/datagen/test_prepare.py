@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from ptr_ray.config import BuildConfig
@@ -28,6 +29,7 @@ from ptr_ray.datagen.prepare_blocks import (
     clean_batch,
     decide_batch,
     explode_keys,
+    for_driver,
     group_keys,
     read_blocks,
     resolve_duplicates,
@@ -212,6 +214,29 @@ def test_near_dedupe_off_keeps_exact_dedupe(tmp_path):
         "candidate",
         "duplicate",
     ]
+
+
+def test_the_driver_gets_rejections_whole_and_the_other_rows_as_counts(tmp_path):
+    q = "Explain the difference between TCP and UDP for a video call app."
+    rows = [{"q": q}, {"q": q.lower()}, {"q": "hi"}, {"q": q + " today, please"}, {"q": q + "?"}]
+    written = "How do I bake sourdough bread at home with a simple starter?"
+    cfg = _cfg(tmp_path, [*rows, {"q": written}], decontaminate={"enabled": False})
+    existing = output.Existing(record_ids={record_id(written)}, queries=[written])
+    decided = _in_process(cfg, existing)
+    sent = for_driver(decided)
+    rejected = sent.filter(pc.equal(sent.column("bucket"), "reject"))
+    verdicts = _verdicts(decided)
+    assert rejected.num_rows == len(verdicts) - verdicts.count("candidate") - verdicts.count("skip")
+    assert set(rejected.column("n").to_pylist()) == {1}
+    assert None not in rejected.column("query").to_pylist()
+    others = sent.filter(pc.invert(pc.equal(sent.column("bucket"), "reject")))
+    # one row per (bucket, source), its count in n, no query text
+    assert sorted(others.select(["bucket", "n"]).to_pylist(), key=str) == [
+        {"bucket": "candidate", "n": verdicts.count("candidate")},
+        {"bucket": "skip", "n": 1},
+    ]
+    assert others.column("query").null_count == others.num_rows
+    assert sum(sent.column("n").to_pylist()) == decided.num_rows
 
 
 # -- on Ray ----------------------------------------------------------------------------------
