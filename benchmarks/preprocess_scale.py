@@ -224,6 +224,14 @@ def main() -> None:
         f"independent of rows); largest peak RSS {max(peaks):.0f} MiB vs goal "
         f"<= {GOAL_BYTES / 2**20:.0f} MiB: {'reached' if ok else 'NOT reached'}"
     )
+    # the sizes run one after another in one process, so each starts from what the last left
+    # (Python keeps freed arenas): the call's own cost is its peak over what it started from
+    added = [r["driver_peak_anon_mib"] - r["driver_anon_before_mib"] for r in results]
+    print(
+        "private memory the call added over the driver's before it: "
+        + ", ".join(f"{r['rows']:,} rows +{a:.0f} MiB" for r, a in zip(results, added, strict=True))
+        + f" (ratio {added[-1] / max(added[0], 1e-9):.2f})"
+    )
 
 
 if __name__ == "__main__":
