@@ -11,13 +11,16 @@ Rows already rejected pass through untouched.
 
 A stage never raises on a single bad row: a prompt that does not fit the context is rejected
 with ``prompt_too_long``; an engine error rejects that row with ``generation_error``
-(retried by the next run, see the pipeline's resume logic). A killed actor process is
+(retried by the next run, see the pipeline's resume logic). An engine whose own process died
+(vLLM's engine core, killed or out of memory) is replaced by a new one in the same actor, and
+the rows it failed run once more from the state they arrived in. A killed actor process is
 restarted by Ray and its batch retried (``max_restarts``/``max_task_retries`` of map_batches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import re
@@ -77,16 +80,67 @@ class _EngineStage:
         t0 = time.time()
         todo = [r for r in rows if r["reject"] is None and self.wants(r)]
         if todo:
-            outcomes = await asyncio.gather(*(self.row(r) for r in todo), return_exceptions=True)
-            for r, out in zip(todo, outcomes, strict=True):
-                if isinstance(out, asyncio.CancelledError):
-                    raise out
-                if isinstance(out, BaseException) and r["reject"] is None:
-                    # an engine failure costs this row, not the batch or the run
-                    log.error("%s actor failed on a row: %r", self.stage, out)
-                    _reject(r, "generation_error", f"{type(out).__name__}: {out}")
+            before = list(self.engines)
+            start = {id(r): copy.deepcopy(r) for r in todo}
+            failed = await self._attempt(todo)
+            if failed and (self._replace_dead_engines() or self.engines != before):
+                # the engine died under these rows (not their fault): a new engine gets each
+                # of them once more, from the state it arrived in
+                log.warning("%s actor: retrying %d row(s) on a new engine", self.stage, len(failed))
+                again = [r for r, _ in failed]
+                for r in again:
+                    r.clear()
+                    r.update(start[id(r)])
+                failed = await self._attempt(again)
+                self._replace_dead_engines()  # the next batch starts on a live engine
+            for r, error in failed:
+                if r["reject"] is None:
+                    _reject(r, "generation_error", error)
             share_time(todo, self.time_column, time.time() - t0)
         return to_table(rows)
+
+    async def _attempt(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Run each row's coroutine; the rows whose engine call raised, with the error. A
+        failure costs its own row, never the batch or the run."""
+        outcomes = await asyncio.gather(*(self.row(r) for r in rows), return_exceptions=True)
+        failed = []
+        for r, out in zip(rows, outcomes, strict=True):
+            if isinstance(out, Exception):
+                log.error("%s actor failed on a row: %r", self.stage, out)
+                failed.append((r, f"{type(out).__name__}: {out}"))
+            elif isinstance(out, BaseException):  # cancelled, interrupted: not the row's fault
+                raise out
+        return failed
+
+    @property
+    def engines(self) -> list[Any]:
+        """Every engine this actor generates with (``self.engine`` first)."""
+        return [self.engine]
+
+    def _engine_cfgs(self) -> list[EngineConfig]:
+        return [self.engine_cfg]
+
+    def _set_engine(self, i: int, engine: Any, max_len: int) -> None:
+        self.engine, self.max_len = engine, max_len
+
+    def _replace_dead_engines(self) -> bool:
+        """Start a new engine in place of each one whose process died; True if any did.
+
+        Without this, one engine-core crash (an OOM kill, a driver fault) would turn every
+        later row of this actor into a ``generation_error``; Ray restarts an actor only when
+        the actor process itself dies, and here only the engine's process did."""
+        replaced = False
+        for i, (engine, cfg) in enumerate(zip(self.engines, self._engine_cfgs(), strict=True)):
+            if not getattr(engine, "errored", False):
+                continue
+            log.error("%s actor: engine %s died; starting a new one", self.stage, cfg.model)
+            try:
+                engine.close()
+            except Exception:  # a dead engine may fail to shut down cleanly
+                log.debug("closing a dead engine raised", exc_info=True)
+            self._set_engine(i, *_start_engine(cfg, self.stage))
+            replaced = True
+        return replaced
 
     def wants(self, row: dict[str, Any]) -> bool:
         return True
@@ -157,6 +211,15 @@ class WeakThoughts(_EngineStage):
     @property
     def max_lens(self) -> list[int]:
         return [self.max_len, *self.other_max_lens]
+
+    def _engine_cfgs(self) -> list[EngineConfig]:
+        return [self.engine_cfg, *self.alternate]
+
+    def _set_engine(self, i: int, engine: Any, max_len: int) -> None:
+        if i == 0:
+            super()._set_engine(i, engine, max_len)
+        else:
+            self.other_engines[i - 1], self.other_max_lens[i - 1] = engine, max_len
 
     def __del__(self) -> None:
         for engine in getattr(self, "other_engines", []):

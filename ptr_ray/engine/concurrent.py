@@ -25,6 +25,11 @@ class ConcurrentEngine(Protocol):
     tokenizer: Any
     max_model_len: int
 
+    @property
+    def errored(self) -> bool:
+        """The engine is dead for good (its process is gone): replace it."""
+        ...
+
     async def encode(self, conversation: Prompt) -> list[int]: ...
 
     async def complete(self, prompt: Prompt, sampling: SamplingConfig) -> Generation: ...
@@ -42,6 +47,10 @@ class ThreadedEngine:
         self.tokenizer = engine.tokenizer
         self.max_model_len = int(engine.max_model_len)  # type: ignore[attr-defined]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptr-engine")
+
+    @property
+    def errored(self) -> bool:
+        return False  # in-process: an exception fails its call, never the engine
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -267,6 +267,14 @@ class AsyncVLLMEngine:
         assert result is not None
         return result
 
+    @property
+    def errored(self) -> bool:
+        """True once the engine can no longer generate: its engine-core process died (killed,
+        out of memory) and every request fails with vLLM's ``EngineDeadError``. Only a new
+        engine recovers; a caller that owns this one replaces it."""
+        llm = self.llm
+        return llm is None or bool(llm.errored)
+
     async def encode(self, conversation: Prompt) -> list[int]:
         """The prompt's token ids, rendered and tokenized off the event loop; raises
         PromptTooLongError when it leaves no room for a token."""

@@ -8,6 +8,7 @@ import pytest
 
 from ptr_ray import prompts
 from ptr_ray.config import EngineConfig, PromptConfig, SamplingConfig
+from ptr_ray.datagen import actors
 from ptr_ray.datagen.actors import EmbeddingConsistency, StrongAnswers, WeakThoughts
 from ptr_ray.datagen.rows import new_row, to_table
 
@@ -130,6 +131,113 @@ def test_engine_error_rejects_its_row_not_the_batch(engine_cfg):
     assert b["reject"] == "generation_error" and "engine died" in b["reject_detail"]
     assert a["reject"] in (None, "empty_answer") and c["reject"] in (None, "empty_answer")
     assert a["strong_tokens"] > 0 and c["strong_tokens"] > 0
+
+
+class DeadEngine(RecordingEngine):
+    """An engine whose process is gone: every call fails, ``errored`` says so."""
+
+    errored = True
+    closed = False
+
+    async def complete(self, prompt, sampling):
+        raise RuntimeError("EngineDeadError: EngineCore encountered an issue")
+
+    def close(self) -> None:
+        self.closed = True  # the inner engine is shared with the replacement
+
+
+def _strong(engine_cfg) -> StrongAnswers:
+    return StrongAnswers(
+        engine_cfg, SamplingConfig(max_tokens=4), None, num_icl=0, prompt=PromptConfig()
+    )
+
+
+def test_a_dead_engine_is_replaced_and_its_rows_run_again(engine_cfg, monkeypatch):
+    stage = _strong(engine_cfg)
+    live = stage.engine
+    stage.engine = dead = DeadEngine(live)
+    started = []
+
+    def start(cfg, role):
+        started.append((cfg.model, role))
+        return RecordingEngine(live), live.max_model_len
+
+    monkeypatch.setattr(actors, "_start_engine", start)
+    rows = [new_row(id=i, query=f"q{i}?", kind="ptr", thoughts=["t"]) for i in "abc"]
+    out = run(stage, rows)
+    assert started == [(engine_cfg.model, "strong")] and dead.closed
+    # every row answered by the new engine, from the state it arrived in
+    assert all(r["reject"] in (None, "empty_answer") and r["strong_tokens"] > 0 for r in out)
+    assert len(stage.engine.seen) == 3 and stage.engine is not dead
+
+
+def test_rows_an_engine_kills_twice_are_rejected_and_the_next_batch_gets_a_live_engine(
+    engine_cfg, monkeypatch
+):
+    stage = _strong(engine_cfg)
+    live = stage.engine
+    stage.engine = DeadEngine(live)
+    engines = iter([DeadEngine(live), RecordingEngine(live)])
+    monkeypatch.setattr(actors, "_start_engine", lambda cfg, role: (next(engines), 512))
+    rows = [new_row(id=i, query=f"q{i}?", kind="ptr", thoughts=["t"]) for i in "ab"]
+    out = run(stage, rows)
+    assert [r["reject"] for r in out] == ["generation_error"] * 2
+    assert "EngineDeadError" in out[0]["reject_detail"]
+    assert isinstance(stage.engine, RecordingEngine) and not isinstance(stage.engine, DeadEngine)
+    (again,) = run(stage, [new_row(id="c", query="qc?", kind="ptr", thoughts=["t"])])
+    assert again["reject"] in (None, "empty_answer") and again["strong_tokens"] > 0
+
+
+def test_a_weak_actor_replaces_only_its_dead_model(engine_cfg, monkeypatch):
+    stage = WeakThoughts(
+        engine_cfg, rounds=2, sampling=SAMPLING, prompt=PromptConfig(), alternate=[engine_cfg]
+    )
+    first, live = stage.engine, stage.other_engines[0]
+    stage.other_engines[0] = dead = DeadEngine(live)
+    monkeypatch.setattr(
+        actors, "_start_engine", lambda cfg, role: (RecordingEngine(live), live.max_model_len)
+    )
+    (row,) = run(stage, [new_row(id="a", query="Why is the sky blue?", kind="ptr")])
+    assert len(row["thoughts"]) == 2 and row["reject"] in (None, "empty_thought")
+    assert stage.engine is first and dead.closed
+    assert isinstance(stage.other_engines[0], RecordingEngine)
+    assert len(stage.other_engines[0].seen) == 1  # the second thought, on the new engine
+
+
+@pytest.mark.integration
+def test_a_killed_vllm_engine_core_is_replaced_mid_build(tiny_model_dir):
+    """The real failure: vLLM's engine-core process killed (as the OOM killer would) between
+    two batches of one actor, on one event loop as in a Ray Data actor."""
+    import psutil
+
+    cfg = EngineConfig(model=str(tiny_model_dir), max_model_len=512)
+    stage = _strong(cfg)
+
+    def core() -> psutil.Process:
+        (proc,) = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+        return proc
+
+    async def go():
+        batch = [new_row(id=i, query=f"q{i}?", kind="ptr", thoughts=["t"]) for i in "ab"]
+        before = (await stage(to_table(batch))).to_pylist()
+        old = stage.engine
+        core().kill()
+        for _ in range(300):  # vLLM notices its engine process is gone
+            if old.errored:
+                break
+            await asyncio.sleep(0.1)
+        batch = [new_row(id=i, query=f"q{i}?", kind="ptr", thoughts=["t"]) for i in "cd"]
+        after = (await stage(to_table(batch))).to_pylist()
+        # (inside the loop: once it closes, vLLM's output task is gone and any engine says so)
+        assert old.errored and stage.engine is not old and not stage.engine.errored
+        return before, after
+
+    try:
+        before, after = asyncio.run(go())
+        for r in before + after:
+            assert r["reject"] in (None, "empty_answer") and r["strong_tokens"] > 0, r
+    finally:
+        stage.engine.close()
 
 
 def test_embedding_consistency_scores_related_higher():
