@@ -20,7 +20,6 @@ restarted by Ray and its batch retried (``max_restarts``/``max_task_retries`` of
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import re
@@ -66,62 +65,66 @@ async def _fitting(
 
 
 class _EngineStage:
-    """Shared set-up: the engine, one coroutine per row, the batch-time bookkeeping."""
+    """Shared set-up: the engines, one coroutine per row, the batch-time bookkeeping.
+
+    ``engines[i]`` (context length ``max_lens[i]``) runs ``engine_cfgs[i]``; most stages have
+    one, the weak stage one per weak model. ``engine``/``max_len`` are the first."""
 
     time_column = ""
     stage = "engine"  # for logs (Ray wraps the class, so its __name__ is not ours)
 
-    def __init__(self, engine: EngineConfig) -> None:
-        self.engine_cfg = engine
-        self.engine, self.max_len = _start_engine(engine, self.stage)
+    def __init__(self, engine: EngineConfig, *more: EngineConfig) -> None:
+        self.engine_cfgs = [engine, *more]
+        started = [_start_engine(cfg, self.stage) for cfg in self.engine_cfgs]
+        self.engines: list[Any] = [e for e, _ in started]
+        self.max_lens = [n for _, n in started]
+
+    @property
+    def engine(self) -> Any:
+        return self.engines[0]
+
+    @engine.setter
+    def engine(self, engine: Any) -> None:
+        self.engines[0] = engine
+
+    @property
+    def max_len(self) -> int:
+        return self.max_lens[0]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         t0 = time.time()
-        todo = [r for r in rows if r["reject"] is None and self.wants(r)]
+        todo = [i for i, r in enumerate(rows) if r["reject"] is None and self.wants(r)]
         if todo:
             before = list(self.engines)
-            start = {id(r): copy.deepcopy(r) for r in todo}
-            failed = await self._attempt(todo)
+            failed = await self._attempt(rows, todo)
             if failed and (self._replace_dead_engines() or self.engines != before):
                 # the engine died under these rows (not their fault): a new engine gets each
-                # of them once more, from the state it arrived in
+                # of them once more, from the state it arrived in (the batch is unchanged)
                 log.warning("%s actor: retrying %d row(s) on a new engine", self.stage, len(failed))
-                again = [r for r, _ in failed]
-                for r in again:
-                    r.clear()
-                    r.update(start[id(r)])
-                failed = await self._attempt(again)
+                arrived = batch.to_pylist()
+                for i, _ in failed:
+                    rows[i] = arrived[i]
+                failed = await self._attempt(rows, [i for i, _ in failed])
                 self._replace_dead_engines()  # the next batch starts on a live engine
-            for r, error in failed:
-                if r["reject"] is None:
-                    _reject(r, "generation_error", error)
-            share_time(todo, self.time_column, time.time() - t0)
+            for i, error in failed:
+                if rows[i]["reject"] is None:
+                    _reject(rows[i], "generation_error", error)
+            share_time([rows[i] for i in todo], self.time_column, time.time() - t0)
         return to_table(rows)
 
-    async def _attempt(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-        """Run each row's coroutine; the rows whose engine call raised, with the error. A
-        failure costs its own row, never the batch or the run."""
-        outcomes = await asyncio.gather(*(self.row(r) for r in rows), return_exceptions=True)
+    async def _attempt(self, rows: list[dict[str, Any]], which: list[int]) -> list[tuple[int, str]]:
+        """Run the coroutine of each row in ``which``; those whose engine call raised, with the
+        error. A failure costs its own row, never the batch or the run."""
+        outcomes = await asyncio.gather(*(self.row(rows[i]) for i in which), return_exceptions=True)
         failed = []
-        for r, out in zip(rows, outcomes, strict=True):
+        for i, out in zip(which, outcomes, strict=True):
             if isinstance(out, Exception):
                 log.error("%s actor failed on a row: %r", self.stage, out)
-                failed.append((r, f"{type(out).__name__}: {out}"))
+                failed.append((i, f"{type(out).__name__}: {out}"))
             elif isinstance(out, BaseException):  # cancelled, interrupted: not the row's fault
                 raise out
         return failed
-
-    @property
-    def engines(self) -> list[Any]:
-        """Every engine this actor generates with (``self.engine`` first)."""
-        return [self.engine]
-
-    def _engine_cfgs(self) -> list[EngineConfig]:
-        return [self.engine_cfg]
-
-    def _set_engine(self, i: int, engine: Any, max_len: int) -> None:
-        self.engine, self.max_len = engine, max_len
 
     def _replace_dead_engines(self) -> bool:
         """Start a new engine in place of each one whose process died; True if any did.
@@ -130,15 +133,15 @@ class _EngineStage:
         later row of this actor into a ``generation_error``; Ray restarts an actor only when
         the actor process itself dies, and here only the engine's process did."""
         replaced = False
-        for i, (engine, cfg) in enumerate(zip(self.engines, self._engine_cfgs(), strict=True)):
-            if not getattr(engine, "errored", False):
+        for i, (engine, cfg) in enumerate(zip(self.engines, self.engine_cfgs, strict=True)):
+            if not engine.errored:
                 continue
             log.error("%s actor: engine %s died; starting a new one", self.stage, cfg.model)
             try:
                 engine.close()
             except Exception:  # a dead engine may fail to shut down cleanly
                 log.debug("closing a dead engine raised", exc_info=True)
-            self._set_engine(i, *_start_engine(cfg, self.stage))
+            self.engines[i], self.max_lens[i] = _start_engine(cfg, self.stage)
             replaced = True
         return replaced
 
@@ -150,8 +153,7 @@ class _EngineStage:
         raise NotImplementedError
 
     def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
+        for engine in getattr(self, "engines", []):
             engine.close()
 
 
@@ -188,43 +190,16 @@ class WeakThoughts(_EngineStage):
             raise ConfigError(
                 f"weak.thought_mode must be successive or independent, got {thought_mode!r}"
             )
-        super().__init__(engine)
+        super().__init__(engine, *alternate)
         self.rounds, self.sampling, self.prompt = rounds, sampling, prompt
         self.one = sampling.model_copy(update={"n": 1})
         self.independent = thought_mode == "independent"
-        self.alternate = list(alternate)
-        started = [_start_engine(e, self.stage) for e in self.alternate]
-        self.other_engines = [e for e, _ in started]
-        self.other_max_lens = [n for _, n in started]
         # Successive: worst case the last round's prompt holds every new thought at max_tokens
         # plus a refine instruction turn (~32 tokens of template) per round. Independent: each
         # thought continues the query alone.
         self.budget = (
             sampling.max_tokens if self.independent else rounds * (sampling.max_tokens + 32)
         )
-
-    @property
-    def engines(self) -> list[Any]:
-        """The engine of each weak model, in turn order (``self.engine`` first)."""
-        return [self.engine, *self.other_engines]
-
-    @property
-    def max_lens(self) -> list[int]:
-        return [self.max_len, *self.other_max_lens]
-
-    def _engine_cfgs(self) -> list[EngineConfig]:
-        return [self.engine_cfg, *self.alternate]
-
-    def _set_engine(self, i: int, engine: Any, max_len: int) -> None:
-        if i == 0:
-            super()._set_engine(i, engine, max_len)
-        else:
-            self.other_engines[i - 1], self.other_max_lens[i - 1] = engine, max_len
-
-    def __del__(self) -> None:
-        for engine in getattr(self, "other_engines", []):
-            engine.close()
-        super().__del__()
 
     def wants(self, row: dict[str, Any]) -> bool:
         return row["kind"] == "ptr"
@@ -248,7 +223,7 @@ class WeakThoughts(_EngineStage):
         for j in sorted(set(turns)):
             ids = await _fitting(self.engines[j], conv, self.max_lens[j] - self.budget)
             if ids is None:
-                which = f" of {self.alternate[j - 1].model}" if j else ""
+                which = f" of {self.engine_cfgs[j].model}" if j else ""
                 _reject(
                     row,
                     "prompt_too_long",

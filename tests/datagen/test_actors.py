@@ -29,6 +29,8 @@ class RecordingEngine:
     """Wraps a real engine and remembers every conversation it generated from (a stage hands
     the engine the ids it tokenized, so the conversation is looked up by them)."""
 
+    errored = False
+
     def __init__(self, inner) -> None:
         self.inner, self.seen, self.encoded = inner, [], 0
         self._convs: dict[tuple[int, ...], list] = {}
@@ -192,16 +194,16 @@ def test_a_weak_actor_replaces_only_its_dead_model(engine_cfg, monkeypatch):
     stage = WeakThoughts(
         engine_cfg, rounds=2, sampling=SAMPLING, prompt=PromptConfig(), alternate=[engine_cfg]
     )
-    first, live = stage.engine, stage.other_engines[0]
-    stage.other_engines[0] = dead = DeadEngine(live)
+    first, live = stage.engine, stage.engines[1]
+    stage.engines[1] = dead = DeadEngine(live)
     monkeypatch.setattr(
         actors, "_start_engine", lambda cfg, role: (RecordingEngine(live), live.max_model_len)
     )
     (row,) = run(stage, [new_row(id="a", query="Why is the sky blue?", kind="ptr")])
     assert len(row["thoughts"]) == 2 and row["reject"] in (None, "empty_thought")
     assert stage.engine is first and dead.closed
-    assert isinstance(stage.other_engines[0], RecordingEngine)
-    assert len(stage.other_engines[0].seen) == 1  # the second thought, on the new engine
+    assert isinstance(stage.engines[1], RecordingEngine)
+    assert len(stage.engines[1].seen) == 1  # the second thought, on the new engine
 
 
 @pytest.mark.integration
@@ -273,6 +275,8 @@ def test_embedding_consistency_scores_related_higher():
 
 class FakeEngine:
     """Answers every prompt with numbered texts and records what it was asked."""
+
+    errored = False
 
     def __init__(self, tokenizer, max_model_len: int = 512) -> None:
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
